@@ -1,0 +1,60 @@
+"""Dynamic semantic alignment (§3.2, Eq. 8-11) and the 'w/o alignment' ablation of Table 3."""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rvos_jax.models import position_encoding
+from rvos_jax.models.language import MASK_VALUE
+
+
+def visual_position(kind: str, t: int, h: int, w: int, d: int) -> jax.Array:
+  """POS^V as (t, h, w, d): '3d' for F_video, '2d' (the same map for every frame) for F_frame."""
+  if kind == '3d':
+    return jnp.asarray(position_encoding.sine_3d(t, h, w, d))
+  if kind == '2d':
+    return jnp.broadcast_to(position_encoding.sine_2d(h, w, d), (t, h, w, d))
+  raise ValueError(f"position kind must be '3d' or '2d', got {kind!r}")
+
+
+class SemanticAlignment(nn.Module):
+  """F_video / F_frame of Eq. 8. P (B, T, h, w, d), S (B, N, d), word mask (B, N) -> M.
+
+  Every location attends over the words only, so F_video and F_frame differ only in POS^V
+  ('3d': VisTR's (t, y, x) encoding for F_video; '2d': (y, x) for F_frame).
+  """
+
+  position: str = '3d'
+
+  @nn.compact
+  def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array) -> jax.Array:
+    chex.assert_rank([p, s, word_mask], [5, 3, 2])
+    b, t, h, w, d = p.shape
+    chex.assert_shape(s, (b, None, d))
+    n = s.shape[1]
+    p_prime = nn.Dense(d, name='visual')(p + visual_position(self.position, t, h, w, d))  # Eq. 9
+    s_prime = nn.Dense(d, name='language')(s + position_encoding.sine_1d(n, d))
+    logits = jnp.einsum('bthwc,bnc->bthwn', p_prime, s_prime) / jnp.sqrt(jnp.asarray(d, p.dtype))
+    logits = jnp.where(word_mask[:, None, None, None, :], logits, MASK_VALUE)
+    a_lang = jax.nn.softmax(logits, axis=-1)  # Eq. 10, padded words masked out
+    # Eq. 11: A^lang multiplies the raw S (not S').
+    s_hat = jnp.einsum('bthwn,bnc->bthwc', a_lang, s)
+    return nn.Dense(d, name='out')(s_hat + p)
+
+
+class SentenceFusion(nn.Module):
+  """'w/o alignment' (Table 3): the paper does not say what replaces DSA. Ours keeps the
+  language in but removes the per-location word attention: the mean of the valid words'
+  features is projected and added to every location, M = Linear(P + Linear(mean_n S))."""
+
+  @nn.compact
+  def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array) -> jax.Array:
+    chex.assert_rank([p, s, word_mask], [5, 3, 2])
+    d = p.shape[-1]
+    m = word_mask.astype(s.dtype)[..., None]
+    sentence = (s * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    sentence = nn.Dense(d, name='sentence')(sentence)
+    return nn.Dense(d, name='out')(p + sentence[:, None, None, None, :])

@@ -1,0 +1,171 @@
+"""MLRL-SA: the whole network of Wu et al., CVPR 2022 (Fig. 2).
+
+frames (B, T, H, W, 3) in [0, 1], tokens (B, N), token_mask (B, N)
+  -> ResNet res2..res5 -> 1x1 reduce (res5 -> d) = P            (§3.1)
+  -> video / frame / object level embeddings                      (Eq. 1-7)
+  -> one language encoder per level, semantic alignment each      (Eq. 8-11)
+  -> concat M = [M_video, M_frame, M_object] on channels          (§3.2 end)
+  -> boundary-aware segmentation (E, B) and confidence head (C)   (Eq. 12-13, §3.4)
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from rvos_jax import porting
+from rvos_jax.models.alignment import SemanticAlignment, SentenceFusion
+from rvos_jax.models.embeddings import FrameLevelEmbedding, ObjectEncoder, VideoLevelEmbedding
+from rvos_jax.models.language import LanguageEncoder
+from rvos_jax.models.outputs import ModelOutputs
+from rvos_jax.models.resnet import ResNet
+from rvos_jax.models.segmentation import (
+    BoundaryAwareSegmentation,
+    ConfidenceHead,
+    PyramidHead,
+    upsample_bilinear,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MLRLSA(nn.Module):
+  """The network. Each level, the alignment and the object-encoder variant are switchable
+  (Table 3's ablations); at least one level must be on.
+
+  Attributes:
+    vocab_size: words in the vocabulary (0 = <pad>, 1 = <unk>).
+    hidden_dim: d, the feature width shared by vision and language (paper: 384).
+    decoder_dim: channels of the pyramid heads (divisible by 8 for GroupNorm(8)).
+    backbone_depth / backbone_width: ResNet depth (paper: 50) and width multiplier.
+    frozen_bn: keep the backbone's BatchNorm statistics and affine fixed.
+    use_video_level / use_frame_level / use_object_level: the three levels of §3.1.
+    object_encoder: 'video' (paper), 'frame' or 'fcn'.
+    alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
+    text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
+  """
+
+  vocab_size: int
+  hidden_dim: int = 384
+  decoder_dim: int = 256
+  backbone_depth: int = 50
+  backbone_width: float = 1.0
+  frozen_bn: bool = True
+  use_video_level: bool = True
+  use_frame_level: bool = True
+  use_object_level: bool = True
+  object_encoder: str = 'video'
+  alignment: str = 'dsa'
+  text_layers: int = 2
+  text_heads: int = 8
+  text_ffn_dim: int = 1536
+  text_dropout: float = 0.1
+
+  def _align(self, name: str, position: str):
+    if self.alignment == 'dsa':
+      return SemanticAlignment(position=position, name=name)
+    if self.alignment == 'none':
+      return SentenceFusion(name=name)
+    raise ValueError(f"model.alignment must be 'dsa' or 'none', got {self.alignment!r}")
+
+  def _language(self, name: str):
+    return LanguageEncoder(self.text_layers, self.text_heads, self.text_ffn_dim,
+                           self.text_dropout, name=name)
+
+  @nn.compact
+  def __call__(self, frames: jax.Array, tokens: jax.Array, token_mask: jax.Array,
+               train: bool = False) -> ModelOutputs:
+    chex.assert_rank([frames, tokens, token_mask], [5, 2, 2])
+    chex.assert_equal_shape([tokens, token_mask])
+    b, t, height, width, _ = frames.shape
+    if not (self.use_video_level or self.use_frame_level or self.use_object_level):
+      raise ValueError('MLRL-SA needs at least one of the video, frame and object levels.')
+    d = self.hidden_dim
+
+    x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(
+        IMAGENET_STD)
+    feats = ResNet(self.backbone_depth, self.backbone_width, self.frozen_bn,
+                   name='backbone')(x, train=train)
+    p = nn.Conv(d, (1, 1), name='reduce')(feats['res5'])  # §3.1: 1x1 conv c -> d
+    h, w = p.shape[1:3]
+    p = p.reshape(b, t, h, w, d)
+
+    token_mask = token_mask.astype(bool)
+    words = nn.Embed(self.vocab_size, d, name='word_embedding')(tokens)
+    levels = []
+    object_logits = None
+    if self.use_video_level:
+      p_video = VideoLevelEmbedding(name='video_embedding')(p)  # Eq. 1-3
+      s_video = self._language('video_language')(words, token_mask, train)
+      levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
+    if self.use_frame_level:
+      p_frame = FrameLevelEmbedding(name='frame_embedding')(p)  # Eq. 4
+      s_frame = self._language('frame_language')(words, token_mask, train)
+      levels.append(self._align('frame_alignment', '2d')(p_frame, s_frame, token_mask))
+    if self.use_object_level:
+      p_object = ObjectEncoder(self.object_encoder, name='object_encoder')(p)  # Eq. 5
+      y = PyramidHead(self.decoder_dim, 1, name='object_decoder')(
+          p_object.reshape(b * t, h, w, d), feats)  # Eq. 6
+      object_logits = upsample_bilinear(y, (height, width))[..., 0].reshape(b, t, height, width)
+      s_object = self._language('object_language')(words, token_mask, train)
+      levels.append(self._align('object_alignment', '2d')(p_object, s_object, token_mask))
+
+    m = jnp.concatenate(levels, axis=-1).reshape(b * t, h, w, len(levels) * d)
+    e, bdry = BoundaryAwareSegmentation(self.decoder_dim, name='segmentation')(
+        m, feats, (height, width))  # Eq. 12-13
+    confidence = ConfidenceHead(d, name='confidence')(m)  # §3.4
+    outputs = ModelOutputs(
+        mask_logits=e.reshape(b, t, height, width),
+        boundary_logits=bdry.reshape(b, t, height, width),
+        object_logits=object_logits,
+        confidence=confidence.reshape(b, t),
+    )
+    chex.assert_shape([outputs.mask_logits, outputs.boundary_logits], (b, t, height, width))
+    return outputs
+
+
+def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLRLSA:
+  """The network described by `config.model` (configs/default.py documents each key)."""
+  c = model_config
+  return MLRLSA(
+      vocab_size=vocab_size,
+      hidden_dim=c.hidden_dim,
+      decoder_dim=c.decoder_dim,
+      backbone_depth=c.backbone_depth,
+      backbone_width=c.backbone_width,
+      frozen_bn=c.frozen_bn,
+      use_video_level=c.use_video_level,
+      use_frame_level=c.use_frame_level,
+      use_object_level=c.use_object_level,
+      object_encoder=c.object_encoder,
+      alignment=c.alignment,
+      text_layers=c.text_layers,
+      text_heads=c.text_heads,
+      text_ffn_dim=c.text_ffn_dim,
+      text_dropout=c.text_dropout,
+  )
+
+
+def dummy_inputs(num_frames: int, height: int, width: int, max_words: int, batch: int = 1):
+  """Inputs of the right shapes and dtypes for `init` / `jax.eval_shape`."""
+  return (jnp.zeros((batch, num_frames, height, width, 3), jnp.float32),
+          jnp.zeros((batch, max_words), jnp.int32),
+          jnp.ones((batch, max_words), bool))
+
+
+def init_variables(model: MLRLSA, model_config: ml_collections.ConfigDict, rng: jax.Array,
+                   data_config: ml_collections.ConfigDict) -> dict:
+  """Random initial variables, with the backbone replaced by the ported ImageNet weights when
+  `config.model.backbone_init` names a checkpoint of `python -m rvos_jax.port_resnet50`
+  (strict: a missing or extra leaf or a shape mismatch raises porting.PortError)."""
+  inputs = dummy_inputs(data_config.num_frames, data_config.height, data_config.width,
+                        data_config.max_words)
+  variables = model.init({'params': rng}, *inputs)
+  if model_config.get('backbone_init'):
+    variables = porting.load_backbone_checkpoint(variables, model_config.backbone_init,
+                                                 subtree='backbone')
+  return variables

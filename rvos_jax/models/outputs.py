@@ -1,0 +1,24 @@
+"""What the MLRL-SA network returns: every tensor the losses (Eq. 7, 14, 16) need."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+
+
+@flax.struct.dataclass
+class ModelOutputs:
+  """Outputs of `MLRLSA.__call__`. All maps are logits; sigmoid is applied by losses and inference.
+
+  Shapes (B clips, T frames, H x W input size):
+    mask_logits:     E, the final referred-object mask (Eq. 13),      (B, T, H, W)
+    boundary_logits: B, the boundary map of the boundary head (Eq. 12), (B, T, H, W)
+    object_logits:   Y_object, the salient-object map (Eq. 6),          (B, T, H, W);
+                     None when the object level is switched off.
+    confidence:      C, one score logit per frame (Eq. 16); the score is sigmoid(C), (B, T)
+  """
+
+  mask_logits: jax.Array
+  boundary_logits: jax.Array
+  object_logits: jax.Array | None
+  confidence: jax.Array

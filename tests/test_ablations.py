@@ -1,0 +1,91 @@
+"""Table 3's switches change the parameter tree as expected (one test per switch)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rvos_jax.models import mlrl_sa
+
+CFG = dict(vocab_size=30, hidden_dim=48, decoder_dim=16, backbone_depth=18, backbone_width=0.25,
+           text_layers=1, text_heads=4, text_ffn_dim=64)
+D = CFG['hidden_dim']
+INPUTS = (jnp.zeros((1, 2, 64, 96, 3)), jnp.zeros((1, 5), jnp.int32), jnp.ones((1, 5), bool))
+
+
+def params(**switches):
+  model = mlrl_sa.MLRLSA(**{**CFG, **switches})
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *INPUTS))['params']
+
+
+def fused_width(p):
+  """Channels of M = [M_video, M_frame, M_object] as seen by the heads that consume it."""
+  seg_in = p['segmentation']['seg_head']['in_proj']['kernel'].shape[2]
+  bdry_in = p['segmentation']['boundary_head']['in_proj']['kernel'].shape[2]
+  conf_in = p['confidence']['fc1']['kernel'].shape[0]
+  assert seg_in == bdry_in == conf_in
+  return seg_in
+
+
+LEVEL_MODULES = {
+    'video': {'video_embedding', 'video_language', 'video_alignment'},
+    'frame': {'frame_embedding', 'frame_language', 'frame_alignment'},
+    'object': {'object_encoder', 'object_decoder', 'object_language', 'object_alignment'},
+}
+SHARED = {'backbone', 'reduce', 'word_embedding', 'segmentation', 'confidence'}
+
+
+def test_full_model_tree():
+  p = params()
+  assert set(p) == SHARED | set().union(*LEVEL_MODULES.values())
+  assert fused_width(p) == 3 * D
+  assert set(p['object_encoder']) == {'encoder', 'conv'}
+  assert set(p['video_alignment']) == {'visual', 'language', 'out'}
+
+
+@pytest.mark.parametrize('level', ['video', 'frame', 'object'])
+def test_without_level(level):
+  p = params(**{f'use_{level}_level': False})
+  others = set().union(*(m for k, m in LEVEL_MODULES.items() if k != level))
+  assert set(p) == SHARED | others
+  assert fused_width(p) == 2 * D
+
+
+def test_object_level_off_returns_no_object_map():
+  model = mlrl_sa.MLRLSA(**CFG, use_object_level=False)
+  variables = model.init(jax.random.key(0), *INPUTS)
+  out = model.apply(variables, *INPUTS)
+  assert out.object_logits is None and out.mask_logits.shape == (1, 2, 64, 96)
+
+
+def test_single_level_and_no_level():
+  p = params(use_video_level=False, use_object_level=False)
+  assert fused_width(p) == D
+  with pytest.raises(ValueError, match='at least one'):
+    params(use_video_level=False, use_frame_level=False, use_object_level=False)
+
+
+def test_object_encoder_variants():
+  video = params(object_encoder='video')['object_encoder']
+  frame = params(object_encoder='frame')['object_encoder']
+  fcn = params(object_encoder='fcn')['object_encoder']
+  assert set(video) == set(frame) == {'encoder', 'conv'}
+  assert set(video['encoder']['attn']) == {'q', 'k', 'v'}
+  assert set(fcn) == {'conv0', 'conv'}
+  assert fcn['conv0']['kernel'].shape == (3, 3, D, D)
+  with pytest.raises(ValueError, match='object_encoder'):
+    params(object_encoder='transformer')
+
+
+def test_alignment_switch():
+  p = params(alignment='none')
+  for level in ('video', 'frame', 'object'):
+    assert set(p[f'{level}_alignment']) == {'sentence', 'out'}
+  with pytest.raises(ValueError, match='alignment'):
+    params(alignment='cross')
+
+
+def test_backbone_switches():
+  p50 = params(backbone_depth=50, backbone_width=1.0)
+  assert p50['reduce']['kernel'].shape == (1, 1, 2048, D)
+  p18 = params()
+  assert p18['reduce']['kernel'].shape == (1, 1, 128, D)  # 512 * 0.25

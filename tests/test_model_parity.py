@@ -1,0 +1,147 @@
+"""The whole MLRL-SA network against the PyTorch reference: outputs, total loss (Eq. 16) and the
+gradient of the loss with respect to every parameter, float32 on CPU.
+
+Default: a CPU-sized network (ResNet-18 at width 0.25, d=48) on 2 clips x 2 frames of 80x144,
+which gives odd sizes at res4/res5 (5x9, 3x5) like the paper's 240x432 (15x27, 8x14).
+Slow: the paper's network (ResNet-50, d=384, N=20) on one 12-frame 240x432 clip.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from rvos_jax import losses, porting
+from rvos_jax.models import mlrl_sa
+from tests import parity
+from tests.torch_reference import losses as ref_losses
+from tests.torch_reference import model as ref_model
+
+SMALL = dict(vocab_size=40, hidden_dim=48, decoder_dim=16, backbone_depth=18, backbone_width=0.25,
+             text_layers=1, text_heads=4, text_ffn_dim=64)
+PAPER = dict(vocab_size=3000, hidden_dim=384, decoder_dim=256, backbone_depth=50,
+             backbone_width=1.0, text_layers=2, text_heads=8, text_ffn_dim=1536)
+
+
+SOFTMAX_INVARIANT_BIASES = ('attn.k.bias', 'alignment.language.bias')
+
+
+def make_inputs(b, t, h, w, n, vocab, lengths, seed=0):
+  """Random frames in [0, 1], tokens with padding, and targets made of random ellipses."""
+  rng = np.random.default_rng(seed)
+  frames = rng.uniform(size=(b, t, h, w, 3)).astype(np.float32)
+  token_mask = np.arange(n)[None] < np.asarray(lengths)[:, None]
+  tokens = np.where(token_mask, rng.integers(2, vocab, size=(b, n)), 0).astype(np.int32)
+  yy, xx = np.mgrid[:h, :w]
+
+  def blob():
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+    ry, rx = rng.uniform(0.1, 0.3) * h, rng.uniform(0.1, 0.3) * w
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+  masks = np.stack([np.stack([blob() for _ in range(t)]) for _ in range(b)]).astype(np.float32)
+  other = np.stack([np.stack([blob() for _ in range(t)]) for _ in range(b)]).astype(np.float32)
+  frame_valid = np.ones((b, t), bool)
+  frame_valid[-1, -1] = False  # a clip shorter than T: its last frame is padding
+  batch = dict(frames=frames, tokens=tokens, token_mask=token_mask, masks=masks,
+               object_masks=np.maximum(masks, other), frame_valid=frame_valid)
+  batch['boundary'] = np.asarray(losses.boundary_target(jnp.asarray(masks)))
+  return batch
+
+
+def build_pair(cfg, seed=0, **switches):
+  cfg = {**cfg, **switches}
+  torch.manual_seed(seed)
+  tmodel = parity.randomize_(ref_model.MLRLSA(**cfg), seed)
+  fmodel = mlrl_sa.MLRLSA(**cfg, text_dropout=0.0)
+  return tmodel, fmodel
+
+
+def run_parity(cfg, inputs, check_grads=True, **switches):
+  tmodel, fmodel = build_pair(cfg, **switches)
+  args = (inputs['frames'], inputs['tokens'], inputs['token_mask'])
+  variables = parity.port(tmodel, fmodel, *args)
+
+  # Outputs.
+  out = fmodel.apply(variables, *args)
+  tframes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs['frames'], -1, 2)))
+  tbatch = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+  tout = tmodel(tframes, tbatch['tokens'].long(), tbatch['token_mask'])
+  for name in ('mask_logits', 'boundary_logits', 'object_logits', 'confidence'):
+    if tout[name] is None:
+      assert getattr(out, name) is None
+      continue
+    parity.assert_outputs_close(getattr(out, name), tout[name].detach(), f'model {name}')
+
+  # Total loss (Eq. 16) and its gradients.
+  def loss_fn(params):
+    o = fmodel.apply({**variables, 'params': params}, *args)
+    return losses.total_loss(o, inputs)[0]
+
+  loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
+  tloss, _ = ref_losses.total_loss(tout['mask_logits'], tout['boundary_logits'],
+                                   tout['object_logits'], tout['confidence'], tbatch)
+  rel = abs(float(loss) - tloss.item()) / abs(tloss.item())
+  assert rel <= parity.LOSS_RTOL, f'total loss {float(loss)} vs {tloss.item()}: rel {rel:.1e}'
+  print(f'total loss rel diff {rel:.1e}')
+  if not check_grads:
+    return
+  tloss.backward()
+  tgrads = {k: p.grad.numpy() for k, p in tmodel.named_parameters() if p.grad is not None}
+  flat = porting.flax_to_torch({'params': grads})
+  assert flat, 'no gradients'
+  worst = ('', 0.0)
+  for key, g in flat.items():
+    assert key in tgrads, f'{key}: has a JAX gradient but no torch gradient'
+    if key.endswith(SOFTMAX_INVARIANT_BIASES):
+      # Exactly zero in exact arithmetic: a bias on the key side of a softmax (K in
+      # attention, S' in Eq. 10) adds the same q.b to every logit of a row, which the softmax
+      # cancels. Both sides hold rounding noise only; check that it is noise.
+      scale = np.linalg.norm(flat[key[:-len('bias')] + 'weight'])
+      assert max(np.linalg.norm(g), np.linalg.norm(tgrads[key])) <= 1e-4 * scale, key
+      continue
+    rel = parity.norm_rel_diff(g, tgrads[key])
+    worst = max(worst, (key, rel), key=lambda kv: kv[1])
+  assert worst[1] <= parity.GRAD_RTOL, f'gradient of {worst[0]}: rel {worst[1]:.1e}'
+  print(f'{len(flat)} gradient leaves, worst {worst[0]} rel {worst[1]:.1e}')
+  # Every trainable torch parameter outside the frozen BatchNorms has a JAX counterpart.
+  bn = {k for k in tgrads if k.startswith('backbone.') and ('bn' in k or 'downsample.1' in k)}
+  assert set(tgrads) - bn == set(flat), sorted(set(tgrads) - bn ^ set(flat))
+
+
+@functools.lru_cache(maxsize=1)
+def small_inputs():
+  return make_inputs(2, 2, 80, 144, 7, SMALL['vocab_size'], lengths=(7, 3))
+
+
+def test_full_model_small():
+  run_parity(SMALL, small_inputs())
+
+
+@pytest.mark.parametrize('switches', [
+    dict(use_video_level=False),
+    dict(use_frame_level=False),
+    dict(use_object_level=False),
+    dict(object_encoder='frame'),
+    dict(object_encoder='fcn'),
+    dict(alignment='none'),
+], ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()))
+def test_ablation_variants_small(switches):
+  run_parity(SMALL, small_inputs(), check_grads=False, **switches)
+
+
+def test_resnet50_backbone_small():
+  cfg = {**SMALL, 'backbone_depth': 50, 'backbone_width': 1.0}
+  run_parity(cfg, make_inputs(1, 2, 67, 93, 5, SMALL['vocab_size'], lengths=(4,)),
+             check_grads=False)
+
+
+@pytest.mark.slow
+def test_paper_model_full_size():
+  """The paper's setting: T=12 frames of 240x432, ResNet-50, d=384, N=20."""
+  inputs = make_inputs(1, 12, 240, 432, 20, PAPER['vocab_size'], lengths=(11,))
+  inputs['frame_valid'][0, 10:] = False
+  run_parity(PAPER, inputs)

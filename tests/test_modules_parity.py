@@ -1,0 +1,171 @@
+"""Module-by-module parity of the Flax network with the PyTorch reference (float32, CPU).
+
+Small shapes with odd h, w (as 240x432 gives at res4/res5: 15x27, 8x14). Each test states the
+measured max|diff| / max|ref| in its assertion message (and prints it; run with -s to see).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from rvos_jax.models import alignment, embeddings, language, position_encoding, segmentation
+from tests import parity
+from tests.torch_reference import model as ref
+
+B, T, H, W, D, N = 2, 3, 5, 7, 48, 9
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+  torch.manual_seed(0)
+
+
+def _features(seed=0, shape=(B, T, H, W, D)):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _word_mask(lengths=(9, 4)):
+  return np.arange(N)[None, :] < np.asarray(lengths)[:, None]
+
+
+def test_position_encodings_match_reference():
+  np.testing.assert_allclose(position_encoding.sine_1d(N, D), ref.pos_1d(N, D), atol=1e-6)
+  np.testing.assert_allclose(position_encoding.sine_2d(H, W, D),
+                             ref.pos_2d(H, W, D).permute(1, 2, 0), atol=1e-6)
+  np.testing.assert_allclose(position_encoding.sine_3d(T, H, W, D),
+                             ref.pos_3d(T, H, W, D).permute(0, 2, 3, 1), atol=1e-6)
+  # The encodings must tell positions apart (a constant map would pass the comparison above).
+  pos = position_encoding.sine_3d(T, H, W, D).reshape(-1, D)
+  assert len(np.unique(pos.round(5), axis=0)) == T * H * W
+
+
+@pytest.mark.parametrize('level', ['video', 'frame'])
+def test_level_embeddings(level):
+  flax_cls = {'video': embeddings.VideoLevelEmbedding, 'frame': embeddings.FrameLevelEmbedding}
+  torch_cls = {'video': ref.VideoLevelEmbedding, 'frame': ref.FrameLevelEmbedding}
+  p = _features()
+  tmod = parity.randomize_(torch_cls[level](D))
+  fmod = flax_cls[level]()
+  out = fmod.apply(parity.port(tmod, fmod, p), p)
+  expected = tmod(parity.nchw(p)).detach()
+  parity.assert_outputs_close(out, parity.nhwc(expected), f'{level}-level embedding')
+
+
+def test_video_level_attends_across_frames_and_frame_level_does_not():
+  p = _features()
+  p2 = p.copy()
+  p2[:, 1] += 1.0  # change frame 1 only
+  for cls, crosses in ((embeddings.VideoLevelEmbedding, True),
+                       (embeddings.FrameLevelEmbedding, False)):
+    variables = cls().init(jax.random.key(1), p)
+    a, b = cls().apply(variables, p), cls().apply(variables, p2)
+    changed = float(jnp.abs(a[:, 0] - b[:, 0]).max())
+    assert (changed > 1e-3) == crosses, (cls.__name__, changed)
+
+
+@pytest.mark.parametrize('kind', ['video', 'frame', 'fcn'])
+def test_object_encoder(kind):
+  p = _features(1)
+  tmod = parity.randomize_(ref.ObjectEncoder(D, kind))
+  fmod = embeddings.ObjectEncoder(kind)
+  out = fmod.apply(parity.port(tmod, fmod, p), p)
+  expected = tmod(parity.nchw(p)).detach()
+  parity.assert_outputs_close(out, parity.nhwc(expected), f'object encoder ({kind})')
+
+
+def test_language_encoder_and_padding():
+  words = _features(2, (B, N, D))
+  mask = _word_mask()
+  tmod = parity.randomize_(ref.LanguageEncoder(D, 2, 4, 64))
+  fmod = language.LanguageEncoder(num_layers=2, num_heads=4, ffn_dim=64)
+  variables = parity.port(tmod, fmod, words, mask)
+  out = fmod.apply(variables, words, mask)
+  expected = tmod(torch.from_numpy(words), torch.from_numpy(mask)).detach().numpy()
+  parity.assert_outputs_close(out, expected, 'language encoder')
+  # Padded words are masked as keys: changing them leaves the real words' features unchanged.
+  words2 = words.copy()
+  words2[1, 4:] = _features(3, (N - 4, D))
+  out2 = fmod.apply(variables, words2, mask)
+  np.testing.assert_allclose(out2[1, :4], out[1, :4], rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(out2[1, 4:] - out[1, 4:])).max() > 1e-2  # (the test can fail)
+
+
+def test_language_dropout_only_in_training():
+  words, mask = _features(2, (B, N, D)), _word_mask()
+  fmod = language.LanguageEncoder(num_layers=1, num_heads=4, ffn_dim=64, dropout=0.5)
+  variables = fmod.init(jax.random.key(0), words, mask)
+  eval1 = fmod.apply(variables, words, mask)
+  np.testing.assert_array_equal(eval1, fmod.apply(variables, words, mask))
+  train = fmod.apply(variables, words, mask, train=True, rngs={'dropout': jax.random.key(1)})
+  assert np.abs(np.asarray(train - eval1)).max() > 1e-3
+
+
+@pytest.mark.parametrize('position', ['3d', '2d'])
+def test_semantic_alignment(position):
+  p, s, mask = _features(4), _features(5, (B, N, D)), _word_mask()
+  tmod = parity.randomize_(ref.SemanticAlignment(D, position))
+  fmod = alignment.SemanticAlignment(position=position)
+  variables = parity.port(tmod, fmod, p, s, mask)
+  out = fmod.apply(variables, p, s, mask)
+  expected = tmod(parity.nchw(p), torch.from_numpy(s), torch.from_numpy(mask)).detach()
+  parity.assert_outputs_close(out, parity.nhwc(expected), f'semantic alignment ({position})')
+  # Padded words get zero attention: their features cannot reach M.
+  s2 = s.copy()
+  s2[1, 4:] += 10.0
+  np.testing.assert_allclose(fmod.apply(variables, p, s2, mask), out, rtol=1e-5, atol=1e-5)
+
+
+def test_sentence_fusion():
+  p, s, mask = _features(4), _features(5, (B, N, D)), _word_mask()
+  tmod = parity.randomize_(ref.SentenceFusion(D))
+  fmod = alignment.SentenceFusion()
+  out = fmod.apply(parity.port(tmod, fmod, p, s, mask), p, s, mask)
+  expected = tmod(parity.nchw(p), torch.from_numpy(s), torch.from_numpy(mask)).detach()
+  parity.assert_outputs_close(out, parity.nhwc(expected), 'sentence fusion (w/o alignment)')
+
+
+def _pyramid_features(n=2, sizes=((20, 36), (10, 18), (5, 9), (3, 5)), chans=(8, 16, 24, 32)):
+  rng = np.random.default_rng(7)
+  return {f'res{i + 2}': rng.normal(size=(n, *sz, c)).astype(np.float32)
+          for i, (sz, c) in enumerate(zip(sizes, chans, strict=True))}
+
+
+def test_bilinear_upsampling_matches_torch():
+  x = _features(8, (2, 3, 5, 4))
+  for size in ((5, 9), (8, 14), (15, 27), (240, 432)):
+    out = segmentation.upsample_bilinear(x, size)
+    expected = torch.nn.functional.interpolate(
+        parity.nchw(x), size=size, mode='bilinear', align_corners=False)
+    parity.assert_outputs_close(out, parity.nhwc(expected), f'bilinear to {size}', rtol=1e-6)
+
+
+def test_pyramid_head():
+  feats = _pyramid_features()
+  chans = {k: v.shape[-1] for k, v in feats.items()}
+  x = _features(9, (2, 3, 5, D))
+  tmod = parity.randomize_(ref.PyramidHead(D, chans, 16, 5))
+  fmod = segmentation.PyramidHead(16, 5)
+  out = fmod.apply(parity.port(tmod, fmod, x, feats), x, feats)
+  expected = tmod(parity.nchw(x), {k: parity.nchw(v) for k, v in feats.items()}).detach()
+  assert out.shape == (2, 20, 36, 5)
+  parity.assert_outputs_close(out, parity.nhwc(expected), 'pyramid head')
+
+
+def test_boundary_aware_segmentation_and_confidence():
+  feats = _pyramid_features()
+  chans = {k: v.shape[-1] for k, v in feats.items()}
+  m = _features(10, (2, 3, 5, 3 * D))
+  tmod = parity.randomize_(ref.BoundaryAwareSegmentation(3 * D, chans, 16))
+  fmod = segmentation.BoundaryAwareSegmentation(16)
+  e, b = fmod.apply(parity.port(tmod, fmod, m, feats, (77, 141)), m, feats, (77, 141))
+  te, tb = tmod(parity.nchw(m), {k: parity.nchw(v) for k, v in feats.items()}, (77, 141))
+  assert e.shape == b.shape == (2, 77, 141)
+  parity.assert_outputs_close(e, te.detach(), 'BAS mask E')
+  parity.assert_outputs_close(b, tb.detach(), 'BAS boundary B')
+
+  tconf = parity.randomize_(ref.ConfidenceHead(3 * D, D))
+  fconf = segmentation.ConfidenceHead(D)
+  c = fconf.apply(parity.port(tconf, fconf, m), m)
+  parity.assert_outputs_close(c, tconf(parity.nchw(m)).detach(), 'confidence head')

@@ -1,0 +1,309 @@
+"""Plain-PyTorch reference of MLRL-SA (NCHW), written independently of the Flax code.
+
+Attribute names equal the Flax module names, so `state_dict()` keys are the Flax variable
+paths joined with '.' (the naming rule of rvos_jax.porting). Only the backbone comes from
+tests/torch_reference/resnet.py, with torchvision's names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.torch_reference.resnet import ResNet
+
+MASK_VALUE = -1e9
+
+
+# ---------------------------------------------------------------- position encodings
+def _sine(pos: torch.Tensor, num_feats: int) -> torch.Tensor:
+  i = torch.arange(num_feats, dtype=torch.float64)
+  dim_t = 10000.0 ** (2 * torch.div(i, 2, rounding_mode='floor') / num_feats)
+  x = pos[..., None] / dim_t
+  out = torch.empty_like(x)
+  out[..., 0::2] = torch.sin(x[..., 0::2])
+  out[..., 1::2] = torch.cos(x[..., 1::2])
+  return out
+
+
+def _norm_grid(n: int) -> torch.Tensor:
+  # DETR: cumsum of a not-mask, divided by its last value (+eps), times 2*pi.
+  y = torch.ones(n, dtype=torch.float64).cumsum(0)
+  return y / (y[-1] + 1e-6) * 2 * math.pi
+
+
+def pos_1d(n: int, d: int) -> torch.Tensor:
+  return _sine(torch.arange(n, dtype=torch.float64), d).float()
+
+
+def pos_2d(h: int, w: int, d: int) -> torch.Tensor:
+  """(d, h, w), channels-first."""
+  f = d // 2
+  py = _sine(_norm_grid(h), f).T[:, :, None].expand(f, h, w)
+  px = _sine(_norm_grid(w), f).T[:, None, :].expand(f, h, w)
+  return torch.cat([py, px], 0).float()
+
+
+def pos_3d(t: int, h: int, w: int, d: int) -> torch.Tensor:
+  """(t, d, h, w)."""
+  f = d // 3
+  pt = _sine(_norm_grid(t), f)[:, :, None, None].expand(t, f, h, w)
+  py = _sine(_norm_grid(h), f).T[None, :, :, None].expand(t, f, h, w)
+  px = _sine(_norm_grid(w), f).T[None, :, None, :].expand(t, f, h, w)
+  return torch.cat([pt, py, px], 1).float()
+
+
+# ---------------------------------------------------------------- embeddings (§3.1)
+class PixelSelfAttention(nn.Module):
+  def __init__(self, d):
+    super().__init__()
+    self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+  def forward(self, x):  # (..., L, d)
+    a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) / math.sqrt(x.shape[-1]), -1)
+    return a @ self.v(x) + x
+
+
+class VideoLevelEmbedding(nn.Module):
+  def __init__(self, d):
+    super().__init__()
+    self.attn = PixelSelfAttention(d)
+
+  def forward(self, p):  # (B, T, d, h, w)
+    b, t, d, h, w = p.shape
+    seq = p.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d)
+    return self.attn(seq).reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
+
+
+class FrameLevelEmbedding(nn.Module):
+  def __init__(self, d):
+    super().__init__()
+    self.attn = PixelSelfAttention(d)
+
+  def forward(self, p):
+    b, t, d, h, w = p.shape
+    seq = p.permute(0, 1, 3, 4, 2).reshape(b, t, h * w, d)
+    return self.attn(seq).reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
+
+
+def _per_frame(fn, x):  # apply a 2-D op to (B, T, C, h, w)
+  b, t = x.shape[:2]
+  y = fn(x.flatten(0, 1))
+  return y.reshape(b, t, *y.shape[1:])
+
+
+class ObjectEncoder(nn.Module):
+  def __init__(self, d, kind):
+    super().__init__()
+    self.kind = kind
+    if kind == 'video':
+      self.encoder = VideoLevelEmbedding(d)
+    elif kind == 'frame':
+      self.encoder = FrameLevelEmbedding(d)
+    else:
+      self.conv0 = nn.Conv2d(d, d, 3, padding=1)
+    self.conv = nn.Conv2d(d, d, 3, padding=1)
+
+  def forward(self, p):
+    if self.kind == 'fcn':
+      return _per_frame(lambda x: self.conv(F.relu(self.conv0(x))), p)
+    return _per_frame(self.conv, self.encoder(p))
+
+
+# ---------------------------------------------------------------- language (§3.2)
+class MultiHeadSelfAttention(nn.Module):
+  def __init__(self, d, heads):
+    super().__init__()
+    self.heads = heads
+    self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
+
+  def forward(self, x, mask):
+    b, n, d = x.shape
+    hd = d // self.heads
+    split = lambda y: y.reshape(b, n, self.heads, hd).transpose(1, 2)
+    q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+    logits = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    logits = logits.masked_fill(~mask[:, None, None, :], MASK_VALUE)
+    out = (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(b, n, d)
+    return self.out(out)
+
+
+class TransformerEncoderLayer(nn.Module):
+  def __init__(self, d, heads, ffn):
+    super().__init__()
+    self.attn = MultiHeadSelfAttention(d, heads)
+    self.norm1, self.norm2 = nn.LayerNorm(d, eps=1e-5), nn.LayerNorm(d, eps=1e-5)
+    self.ffn1, self.ffn2 = nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+  def forward(self, x, mask):  # eval mode: no dropout
+    x = self.norm1(x + self.attn(x, mask))
+    return self.norm2(x + self.ffn2(F.relu(self.ffn1(x))))
+
+
+class LanguageEncoder(nn.Module):
+  def __init__(self, d, layers, heads, ffn):
+    super().__init__()
+    self.num_layers = layers
+    for i in range(layers):
+      self.add_module(f'layer{i}', TransformerEncoderLayer(d, heads, ffn))
+
+  def forward(self, words, mask):
+    x = words + pos_1d(words.shape[1], words.shape[2])
+    for i in range(self.num_layers):
+      x = getattr(self, f'layer{i}')(x, mask)
+    return x
+
+
+# ---------------------------------------------------------------- alignment (Eq. 9-11)
+class SemanticAlignment(nn.Module):
+  def __init__(self, d, position):
+    super().__init__()
+    self.position = position
+    self.visual, self.language, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+  def forward(self, p, s, mask):  # p (B, T, d, h, w)
+    b, t, d, h, w = p.shape
+    pos = pos_3d(t, h, w, d) if self.position == '3d' else pos_2d(h, w, d)[None].expand(t, d, h, w)
+    seq = p.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d)
+    pos_seq = pos.permute(0, 2, 3, 1).reshape(t * h * w, d)
+    p_prime = self.visual(seq + pos_seq)
+    s_prime = self.language(s + pos_1d(s.shape[1], d))
+    logits = p_prime @ s_prime.transpose(1, 2) / math.sqrt(d)
+    logits = logits.masked_fill(~mask[:, None, :], MASK_VALUE)
+    m = self.out(torch.softmax(logits, -1) @ s + seq)
+    return m.reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
+
+
+class SentenceFusion(nn.Module):
+  def __init__(self, d):
+    super().__init__()
+    self.sentence, self.out = nn.Linear(d, d), nn.Linear(d, d)
+
+  def forward(self, p, s, mask):
+    m = mask.float()[..., None]
+    sent = self.sentence((s * m).sum(1) / m.sum(1).clamp(min=1.0))
+    seq = p.permute(0, 1, 3, 4, 2) + sent[:, None, None, None, :]
+    return self.out(seq).permute(0, 1, 4, 2, 3)
+
+
+# ---------------------------------------------------------------- segmentation (§3.3)
+class ConvNormReLU(nn.Module):
+  def __init__(self, cin, c):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, c, 3, padding=1)
+    self.norm = nn.GroupNorm(8, c, eps=1e-5)
+
+  def forward(self, x):
+    return F.relu(self.norm(self.conv(x)))
+
+
+class PyramidHead(nn.Module):
+  def __init__(self, cin, feat_channels, c, out):
+    super().__init__()
+    self.in_proj = nn.Conv2d(cin, c, 1)
+    for name in ('res5', 'res4', 'res3', 'res2'):
+      self.add_module(f'lateral_{name}', nn.Conv2d(feat_channels[name], c, 1))
+      self.add_module(f'block_{name}', ConvNormReLU(c, c))
+    self.out = nn.Conv2d(c, out, 3, padding=1)
+
+  def forward(self, x, feats):
+    x = self.block_res5(self.in_proj(x) + self.lateral_res5(feats['res5']))
+    for name in ('res4', 'res3', 'res2'):
+      f = feats[name]
+      x = F.interpolate(x, size=f.shape[-2:], mode='bilinear', align_corners=False)
+      x = getattr(self, f'block_{name}')(x + getattr(self, f'lateral_{name}')(f))
+    return self.out(x)
+
+
+class BoundaryAwareSegmentation(nn.Module):
+  def __init__(self, cin, feat_channels, c):
+    super().__init__()
+    self.boundary_head = PyramidHead(cin, feat_channels, c, 1)
+    self.seg_head = PyramidHead(cin, feat_channels, c, c)
+    self.fcnn = nn.Conv2d(c + 1, 1, 3, padding=1)
+
+  def forward(self, m, feats, size):
+    b = self.boundary_head(m, feats)
+    e = self.fcnn(torch.cat([b, self.seg_head(m, feats)], 1))
+    up = lambda y: F.interpolate(y, size=size, mode='bilinear', align_corners=False)[:, 0]
+    return up(e), up(b)
+
+
+class ConfidenceHead(nn.Module):
+  def __init__(self, cin, c):
+    super().__init__()
+    self.fc1, self.fc2, self.fc3 = nn.Linear(cin, c), nn.Linear(c, c), nn.Linear(c, 1)
+
+  def forward(self, m):
+    x = m.mean(dim=(2, 3))
+    return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))[:, 0]
+
+
+# ---------------------------------------------------------------- the network
+class MLRLSA(nn.Module):
+  MEAN = (0.485, 0.456, 0.406)
+  STD = (0.229, 0.224, 0.225)
+
+  def __init__(self, vocab_size, hidden_dim=384, decoder_dim=256, backbone_depth=50,
+               backbone_width=1.0, use_video_level=True, use_frame_level=True,
+               use_object_level=True, object_encoder='video', alignment='dsa', text_layers=2,
+               text_heads=8, text_ffn_dim=1536):
+    super().__init__()
+    d, c = hidden_dim, decoder_dim
+    self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
+                                        ('object', use_object_level)) if on]
+    self.backbone = ResNet(backbone_depth, backbone_width)
+    del self.backbone.fc, self.backbone.avgpool  # only res2..res5 are used
+    expansion = 1 if backbone_depth in (18, 34) else 4
+    base = int(round(64 * backbone_width)) * expansion
+    chans = {f'res{i + 2}': base * 2**i for i in range(4)}
+    self.reduce = nn.Conv2d(chans['res5'], d, 1)
+    self.word_embedding = nn.Embedding(vocab_size, d)
+    align = (lambda pos: SemanticAlignment(d, pos)) if alignment == 'dsa' else (
+        lambda pos: SentenceFusion(d))
+    lang = lambda: LanguageEncoder(d, text_layers, text_heads, text_ffn_dim)
+    if 'video' in self.levels:
+      self.video_embedding = VideoLevelEmbedding(d)
+      self.video_language, self.video_alignment = lang(), align('3d')
+    if 'frame' in self.levels:
+      self.frame_embedding = FrameLevelEmbedding(d)
+      self.frame_language, self.frame_alignment = lang(), align('2d')
+    if 'object' in self.levels:
+      self.object_encoder = ObjectEncoder(d, object_encoder)
+      self.object_decoder = PyramidHead(d, chans, c, 1)
+      self.object_language, self.object_alignment = lang(), align('2d')
+    k = len(self.levels) * d
+    self.segmentation = BoundaryAwareSegmentation(k, chans, c)
+    self.confidence = ConfidenceHead(k, d)
+
+  def forward(self, frames, tokens, token_mask):
+    """frames (B, T, 3, H, W) in [0, 1]; returns a dict of (B, T, H, W) logits and (B, T)."""
+    b, t, _, height, width = frames.shape
+    mean = torch.tensor(self.MEAN)[:, None, None]
+    std = torch.tensor(self.STD)[:, None, None]
+    feats = self.backbone((frames.flatten(0, 1) - mean) / std)
+    p = self.reduce(feats['res5'])
+    p = p.reshape(b, t, *p.shape[1:])
+    words = self.word_embedding(tokens)
+    ms, out = [], {'object_logits': None}
+    if 'video' in self.levels:
+      ms.append(self.video_alignment(self.video_embedding(p),
+                                     self.video_language(words, token_mask), token_mask))
+    if 'frame' in self.levels:
+      ms.append(self.frame_alignment(self.frame_embedding(p),
+                                     self.frame_language(words, token_mask), token_mask))
+    if 'object' in self.levels:
+      po = self.object_encoder(p)
+      y = self.object_decoder(po.flatten(0, 1), feats)
+      y = F.interpolate(y, size=(height, width), mode='bilinear', align_corners=False)
+      out['object_logits'] = y.reshape(b, t, height, width)
+      ms.append(self.object_alignment(po, self.object_language(words, token_mask), token_mask))
+    m = torch.cat(ms, 2).flatten(0, 1)
+    e, bdry = self.segmentation(m, feats, (height, width))
+    out['mask_logits'] = e.reshape(b, t, height, width)
+    out['boundary_logits'] = bdry.reshape(b, t, height, width)
+    out['confidence'] = self.confidence(m).reshape(b, t)
+    return out
