@@ -364,3 +364,50 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == '__main__':
   define_flags()
   app.run(main)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model evaluation (periodic evaluation in training, --mode eval): predict, then score.
+# ------------------------------------------------------------------------------------------------
+
+RESULTS_JSON = 'results.json'
+RESULTS_TABLE = 'results.txt'
+
+
+def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: str, *,
+                   split: str | None = None, **evaluate_kwargs) -> dict:
+  """Predicts `split` (default config.data.eval_split) into <output_dir>/Annotations with
+  `rvos_jax.predict.predict_split`, scores it with `evaluate_folder` against
+  <root>/<split>/Annotations and <root>/meta_expressions/<split>/meta_expressions.json (per kind
+  when expression_kinds.json is there; per annotator for refer_davis17), writes
+  <output_dir>/results.json and results.txt (the table) and returns the results dict.
+
+  config: the full config or config.data. evaluate_kwargs go to evaluate_folder.
+  """
+  from rvos_jax import predict  # noqa: PLC0415 -- keeps the scorer CLI free of JAX.
+
+  data_config = config.data if 'data' in config else config
+  split = split or data_config.eval_split
+  root = os.path.abspath(os.path.expanduser(data_config.root))
+  annotations = os.path.join(root, split, 'Annotations')
+  meta = os.path.join(root, 'meta_expressions', split, 'meta_expressions.json')
+  if not os.path.isdir(annotations):
+    raise EvaluationError(f'split {split!r} has no ground truth ({annotations} does not exist): '
+                          'it can only be predicted (--mode predict) and scored by its server')
+  if not os.path.exists(meta):
+    raise EvaluationError(f'no meta_expressions for split {split!r}: {meta}')
+  evaluate_kwargs.setdefault('annotator_average', data_config.get('name') == 'refer_davis17')
+  predict.predict_split(predict_fn, variables, data_config, builder, vocab, output_dir,
+                        split=split)
+  results = evaluate_folder(os.path.join(output_dir, 'Annotations'), annotations, meta,
+                            **evaluate_kwargs)
+  results['settings']['split'] = split
+  table = format_table(results)
+  write_json(results, os.path.join(output_dir, RESULTS_JSON))
+  with open(os.path.join(output_dir, RESULTS_TABLE), 'w', encoding='utf-8') as f:
+    f.write(table + '\n')
+  overall = results['overall']
+  logging.info('%s: J %.1f  F %.1f  J&F %.1f over %d expressions (%s)', split,
+               100 * overall['J'], 100 * overall['F'], 100 * overall['J&F'],
+               overall['num_expressions'], output_dir)
+  return results
