@@ -1,0 +1,270 @@
+"""tf.data input pipelines: training clips and evaluation / prediction windows.
+
+Both read the TFDS records of `builders.prepare(config)`, each JAX process (host) only its own
+disjoint share of the videos (`tfds.split_for_jax_process`), and yield numpy batch dicts with the
+keys of notes/conventions.md:
+
+  frames (B,T,H,W,3) float32 [0,1]   tokens (B,N) int32        token_mask (B,N) bool
+  masks (B,T,H,W) float32 (target)   object_masks (B,T,H,W) (union of all objects, Eq. 7)
+  boundary (B,T,H,W) (CE2P target of masks, Eq. 14)            frame_valid (B,T) bool
+  frame_index (B,T) int32 (frame number in the video, -1 on padding)
+  video (B,) bytes, exp_id (B,) bytes, obj_id (B,) int32
+
+Evaluation adds frame_name (B,T) bytes,
+orig_size (B,2) int32 (masks are written back at that size) and example_valid (B,) bool
+(False for the filler examples that complete the last batch).
+
+Training is deterministic for a given config.seed: every random draw is stateless, seeded by
+(seed, position in the stream), and all parallel stages keep their order.
+"""
+
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from data_pipelines import builders, clip_ops
+from data_pipelines.vocabulary import (
+  Vocabulary,
+  encode_tf,
+  encode_words_tf,
+  tokenize_many,
+  tokenize_tf,
+)
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _process_shard(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax  # noqa: PLC0415 -- only where the caller did not say which host this is
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+  return process_index, process_count
+
+
+def read_records(builder, split: str, *, process_index=None, process_count=None,
+                 shuffle_files=False, seed=0) -> tf.data.Dataset:
+  """This host's disjoint share of the split's video records."""
+  index, count = _process_shard(process_index, process_count)
+  sub = tfds.split_for_jax_process(split, process_index=index, process_count=count)
+  read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False,
+                                interleave_cycle_length=4)
+  return builder.as_dataset(split=sub, shuffle_files=shuffle_files, read_config=read_config)
+
+
+def build_vocabulary(builder, split: str = 'train') -> Vocabulary:
+  """From the training expressions, read from the records' metadata (no frame decoded)."""
+  exps = builders.expressions_of(builder, split)
+  return Vocabulary.build(e for v in sorted(exps) for _, e in sorted(exps[v].items()))
+
+
+def _excluded_expressions(config, builder, split) -> list[str]:
+  """Applies config.long_expressions; returns 'video/exp_id' keys to drop."""
+  exps = builders.expressions_of(builder, split)
+  keys = [(v, e) for v in sorted(exps) for e in sorted(exps[v])]
+  lengths = [len(ws) for ws in tokenize_many([exps[v][e] for v, e in keys])]
+  long = [(v, e, n) for (v, e), n in zip(keys, lengths, strict=True) if n > config.max_words]
+  if not long:
+    return []
+  shown = ', '.join(f'video {v!r} expression {e!r} ({n} words)' for v, e, n in long[:3])
+  if config.long_expressions == 'truncate':
+    logging.info('%s/%s: %d of %d expressions are longer than max_words=%d and are truncated '
+                 '(e.g. %s)', builder.name, split, len(long), len(keys), config.max_words, shown)
+    return []
+  if config.long_expressions != 'error':
+    raise ValueError(f"config.data.long_expressions={config.long_expressions!r}; expected "
+                     f"'truncate' or 'error'")
+  if not config.skip_bad_samples:
+    raise ValueError(f'{builder.name}/{split}: {len(long)} expressions are longer than '
+                     f'max_words={config.max_words}: {shown}')
+  logging.warning('%s/%s: skipping %d of %d expressions longer than max_words=%d (e.g. %s)',
+                  builder.name, split, len(long), len(keys), config.max_words, shown)
+  return [f'{v}/{e}' for v, e, _ in long]
+
+
+def _expand_expressions(record, excluded: tf.lookup.StaticHashTable | None):
+  """Video record -> one element per (video, expression), dropping excluded ones."""
+  e = record['expressions']
+  per_exp = {'exp_id': e['exp_id'], 'exp': e['exp'], 'obj_id': e['obj_id']}
+  shared = {k: record[k] for k in ('video', 'frames', 'masks', 'frame_names', 'height',
+                                   'width')}
+  ds = tf.data.Dataset.from_tensor_slices(per_exp)
+  ds = ds.map(lambda x: {**shared, **x})
+  if excluded is not None:
+    ds = ds.filter(lambda x: tf.equal(
+        excluded.lookup(tf.strings.join([x['video'], x['exp_id']], '/')), 0))
+  return ds
+
+
+def _select_training_frames(ex, index, config):
+  """Keeps only the T sampled frames' bytes (so the shuffle buffer holds clips, not videos)."""
+  seed = tf.stack([tf.cast(config.seed, tf.int64), index])
+  num = tf.shape(ex['frames'])[0]
+  idx, _ = clip_ops.sample_frame_indices(num, config.num_frames, config.frame_stride,
+                                         config.frame_jitter, seed)
+  out = dict(ex)
+  out['frames'] = tf.gather(ex['frames'], idx)
+  out['frame_names'] = tf.gather(ex['frame_names'], idx)
+  out['frame_index'] = idx
+  has_masks = tf.shape(ex['masks'])[0] > 0
+  out['masks'] = tf.cond(has_masks, lambda: tf.gather(ex['masks'], idx),
+                         lambda: tf.zeros([0], tf.string))
+  return out
+
+
+def _decode_clip(ex, config):
+  """Decoded, resized, padded to T: frames, target/object masks, frame_valid."""
+  T, H, W = config.num_frames, config.height, config.width
+  k = tf.shape(ex['frames'])[0]
+  ratio = clip_ops.jpeg_ratio(ex['height'], ex['width'], H, W)
+  frames = clip_ops.decode_frames(ex['frames'], ratio, H, W)
+  has_masks = tf.shape(ex['masks'])[0] > 0
+  ids = tf.cond(has_masks, lambda: clip_ops.decode_masks(ex['masks'], H, W),
+                lambda: tf.zeros([k, H, W], tf.uint8))
+  target = tf.cast(tf.equal(ids, tf.cast(ex['obj_id'], tf.uint8)), tf.float32)
+  target = tf.where(ex['obj_id'] > 0, target, tf.zeros_like(target))
+  objects = tf.cast(ids > 0, tf.float32)
+  pad = T - k
+  frames = tf.pad(frames, [[0, pad], [0, 0], [0, 0], [0, 0]])
+  target = tf.pad(target, [[0, pad], [0, 0], [0, 0]])
+  objects = tf.pad(objects, [[0, pad], [0, 0], [0, 0]])
+  frame_valid = tf.range(T) < k
+  return frames, target, objects, frame_valid
+
+
+def _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config):
+  boundary = clip_ops.boundary_target(target, config.boundary_width)
+  T, H, W, N = config.num_frames, config.height, config.width, config.max_words
+  return {
+      'frames': tf.ensure_shape(frames, [T, H, W, 3]),
+      'tokens': tf.ensure_shape(tokens, [N]),
+      'token_mask': tf.ensure_shape(token_mask, [N]),
+      'masks': tf.ensure_shape(target, [T, H, W]),
+      'object_masks': tf.ensure_shape(objects, [T, H, W]),
+      'boundary': tf.ensure_shape(boundary, [T, H, W]),
+      'frame_valid': tf.ensure_shape(frame_valid, [T]),
+      # Index of each frame in the video (-1 on padding), for bookkeeping and writing back.
+      'frame_index': tf.pad(ex['frame_index'], [[0, T - tf.shape(ex['frame_index'])[0]]],
+                            constant_values=-1),
+      'video': ex['video'],
+      'exp_id': ex['exp_id'],
+      'obj_id': ex['obj_id'],
+  }
+
+
+def _check_config(config):
+  for f in ('num_frames', 'height', 'width', 'max_words', 'batch_size'):
+    if int(config[f]) <= 0:
+      raise ValueError(f'config.data.{f} must be positive, got {config[f]}')
+
+
+def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabulary, *,
+                       process_index: int | None = None, process_count: int | None = None,
+                       split: str | None = None, augment: bool = True,
+                       repeat: bool = True) -> tf.data.Dataset:
+  """Infinite (repeat=True) stream of augmented training batches for this host."""
+  _check_config(config)
+  split = split or config.train_split
+  excluded_keys = _excluded_expressions(config, builder, split)
+  excluded = None
+  if excluded_keys:
+    excluded = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(excluded_keys), tf.ones(len(excluded_keys), tf.int32)), default_value=0)
+  table = vocab.lookup_table()
+  swap = clip_ops.word_swap_table(config.flip_word_pairs)
+
+  ds = read_records(builder, split, process_index=process_index, process_count=process_count,
+                    shuffle_files=True, seed=config.seed)
+  if repeat:
+    ds = ds.repeat()
+  # Whole videos are large: shuffle them in a small buffer, cut each expression's clip down to
+  # its T frames, then shuffle those clips in the big buffer.
+  ds = ds.shuffle(max(1, config.shuffle_buffer // 8), seed=config.seed)
+  ds = ds.flat_map(lambda r: _expand_expressions(r, excluded))
+  ds = ds.enumerate().map(lambda i, ex: _select_training_frames(ex, i, config),
+                          num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.shuffle(config.shuffle_buffer, seed=config.seed + 1)
+
+  def process(index, ex):
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([tf.cast(config.seed, tf.int64) + 7919, index]), 3)
+    frames, target, objects, frame_valid = _decode_clip(ex, config)
+    words = tokenize_tf(ex['exp'])
+    if augment:
+      frames = clip_ops.photometric_jitter(frames, config.photometric_strength, seeds[0])
+      frames = tf.cond(  # padding frames stay blank
+          tf.reduce_all(frame_valid), lambda: frames,
+          lambda: frames * tf.cast(frame_valid, tf.float32)[:, None, None, None])
+      flip = tf.random.stateless_uniform([], seeds[1]) < config.flip_prob
+      frames, (target, objects) = clip_ops.flip_clip(frames, (target, objects), flip)
+      words = clip_ops.flip_words(words, swap, flip)
+    tokens, token_mask, _ = encode_words_tf(words, table, config.max_words)
+    return _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config)
+
+  ds = ds.enumerate().map(process, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(config.batch_size, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  # Parallelism comes from running clips concurrently; ops that also split themselves over the
+  # same few cores only add switching.
+  options.threading.max_intra_op_parallelism = 1
+  ds = ds.with_options(options)
+  return ds.prefetch(config.get('prefetch', 2))
+
+
+def make_eval_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabulary, *,
+                      split: str | None = None, process_index: int | None = None,
+                      process_count: int | None = None) -> tf.data.Dataset:
+  """Every frame of every (video, expression) of this host's videos, in windows of T frames
+  (the last window padded, frame_valid False), no augmentation, in a fixed order. The last
+  batch is completed with filler examples (example_valid False) so shapes never change."""
+  _check_config(config)
+  split = split or config.eval_split
+  T, B = config.num_frames, config.eval_batch_size
+  table = vocab.lookup_table()
+  ds = read_records(builder, split, process_index=process_index, process_count=process_count)
+  ds = ds.flat_map(lambda r: _expand_expressions(r, None))
+
+  def windows(ex):
+    n = tf.shape(ex['frames'])[0]
+    starts = tf.range(0, n, T)
+    return tf.data.Dataset.from_tensor_slices(starts).map(lambda s: {**ex, 'start': s})
+
+  def cut(ex):
+    n = tf.shape(ex['frames'])[0]
+    idx = tf.range(ex['start'], tf.minimum(ex['start'] + T, n))
+    out = dict(ex)
+    out['frames'] = tf.gather(ex['frames'], idx)
+    out['frame_names'] = tf.gather(ex['frame_names'], idx)
+    out['masks'] = tf.cond(tf.shape(ex['masks'])[0] > 0, lambda: tf.gather(ex['masks'], idx),
+                           lambda: tf.zeros([0], tf.string))
+    out['frame_index'] = idx
+    return out
+
+  def process(ex):
+    frames, target, objects, frame_valid = _decode_clip(ex, config)
+    tokens, token_mask, _ = encode_tf(ex['exp'], table, config.max_words)
+    out = _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config)
+    k = tf.shape(ex['frame_index'])[0]
+    out['frame_name'] = tf.pad(ex['frame_names'], [[0, T - k]])
+    out['orig_size'] = tf.stack([ex['height'], ex['width']])
+    out['example_valid'] = tf.constant(True)
+    return out
+
+  ds = ds.flat_map(windows).map(cut).map(process, num_parallel_calls=AUTOTUNE,
+                                         deterministic=True)
+  filler = ds.take(1).map(lambda x: {**x, 'example_valid': tf.constant(False)}).repeat(B - 1)
+  ds = ds.concatenate(filler).batch(B, drop_remainder=True)
+  return ds.prefetch(config.get('prefetch', 2))
+
+
+def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches (what the training loop hands to jax.device_put)."""
+  return ds.as_numpy_iterator()

@@ -1,0 +1,169 @@
+"""Bad input: each case gives an error naming the video / frame / key, or, with
+skip_bad_samples, a warning with a count and the rest of the data intact."""
+
+import json
+import logging
+import os
+import re
+
+import numpy as np
+import pytest
+
+from data_pipelines import builders, pipelines, ytvos_layout
+from data_pipelines.ytvos_layout import BadSampleError, MetaFormatError
+from tests.data_fixtures import make_layout, tiny_config
+
+
+def _meta_path(root):
+  return ytvos_layout.meta_expressions_path(root, 'train')
+
+
+def _edit_meta(root, fn):
+  path = _meta_path(root)
+  with open(path) as f:
+    meta = json.load(f)
+  fn(meta)
+  with open(path, 'w') as f:
+    json.dump(meta, f)
+
+
+def _read(root, **kw):
+  return dict(ytvos_layout.iter_split(root, 'train', **kw))
+
+
+def _check_skip(root, caplog, want_videos, what):
+  with caplog.at_level(logging.WARNING):
+    got = _read(root, skip_bad_samples=True)
+  assert sorted(got) == want_videos
+  assert what in caplog.text, caplog.text
+  return got
+
+
+@pytest.fixture
+def layout(tmp_path):
+  return make_layout(tmp_path / 'rs')
+
+
+def test_missing_frame_file(layout, caplog):
+  os.remove(os.path.join(layout, 'train', 'JPEGImages', 'train_00000', '00005.jpg'))
+  with pytest.raises(BadSampleError, match=r"video 'train_00000': missing frame file .*00005"):
+    _read(layout)
+  got = _check_skip(layout, caplog, ['train_00001'], 'skipped 1 bad videos')
+  assert len(got['train_00001']['frames']) == 4
+
+
+def test_missing_frame_through_the_tfds_builder(layout):
+  os.remove(os.path.join(layout, 'train', 'JPEGImages', 'train_00001', '00000.jpg'))
+  with pytest.raises(BadSampleError, match="train_00001"):
+    builders.prepare(tiny_config(layout))
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'garbage'])
+def test_corrupt_jpeg(layout, caplog, damage):
+  path = os.path.join(layout, 'train', 'JPEGImages', 'train_00001', '00010.jpg')
+  data = open(path, 'rb').read()
+  data = data[:len(data) // 2] if damage == 'truncate' else data[:200] + b'\x00' * 50
+  open(path, 'wb').write(data)
+  with pytest.raises(BadSampleError,
+                     match=r"video 'train_00001' frame '00010' .*corrupt or unreadable JPEG"):
+    _read(layout)
+  _check_skip(layout, caplog, ['train_00000'], 'skipped 1 bad videos')
+
+
+def test_mask_size_differs_from_frame(layout, caplog):
+  path = os.path.join(layout, 'train', 'Annotations', 'train_00000', '00015.png')
+  ytvos_layout.write_mask(path, np.zeros((20, 40), np.uint8))
+  with pytest.raises(BadSampleError, match=r"video 'train_00000' frame '00015': mask size "
+                                           r"\(20, 40\).*frame size \(32, 40\)"):
+    _read(layout)
+  _check_skip(layout, caplog, ['train_00001'], 'skipped 1 bad videos')
+
+
+def test_obj_id_absent_from_every_mask(layout, caplog):
+  _edit_meta(layout, lambda m: m['videos']['train_00000']['expressions']['0'].update(
+      obj_id='9'))
+  with pytest.raises(BadSampleError, match=r"video 'train_00000' expression '0': obj_id 9 "
+                                           r"appears in none"):
+    _read(layout)
+  got = _check_skip(layout, caplog, ['train_00000', 'train_00001'], 'skipped 0 bad videos '
+                    'and 1 bad expressions')
+  meta = json.load(open(_meta_path(layout)))['videos']['train_00000']['expressions']
+  assert got['train_00000']['expressions']['exp_id'] == sorted(set(meta) - {'0'})
+
+
+def test_empty_expression(layout, caplog):
+  _edit_meta(layout, lambda m: m['videos']['train_00001']['expressions']['1'].update(exp='  '))
+  with pytest.raises(BadSampleError, match=r"video 'train_00001' expression '1': empty"):
+    _read(layout)
+  got = _check_skip(layout, caplog, ['train_00000', 'train_00001'], '1 bad expressions')
+  assert '1' not in got['train_00001']['expressions']['exp_id']
+
+
+@pytest.mark.parametrize('edit,key', [
+    (lambda m: m.pop('videos'), '<top level>'),
+    (lambda m: m.update(videos=['train_00000']), 'videos'),
+    (lambda m: m['videos']['train_00000'].pop('expressions'),
+     "videos['train_00000'].expressions"),
+    (lambda m: m['videos']['train_00000']['expressions']['0'].pop('exp'),
+     "videos['train_00000'].expressions['0'].exp"),
+    (lambda m: m['videos']['train_00001']['expressions']['1'].update(obj_id='two'),
+     "videos['train_00001'].expressions['1'].obj_id"),
+    (lambda m: m['videos']['train_00001'].update(frames='00000'),
+     "videos['train_00001'].frames"),
+])
+def test_meta_expressions_of_the_wrong_shape(layout, edit, key):
+  _edit_meta(layout, edit)
+  with pytest.raises(MetaFormatError, match=re.escape(f'meta_expressions.json: {key}:')):
+    _read(layout)
+  with pytest.raises(MetaFormatError):  # a broken file is never "skipped"
+    _read(layout, skip_bad_samples=True)
+
+
+def test_meta_expressions_not_json(layout):
+  open(_meta_path(layout), 'w').write('{"videos": ')
+  with pytest.raises(MetaFormatError, match='not valid JSON'):
+    _read(layout)
+
+
+# A 3-frame layout (T=4) whose video train_00000 has a 25-word expression '0'.
+LONG = ' '.join(['the'] * 24 + ['circle'])
+
+
+@pytest.fixture(scope='module')
+def short_long(tmp_path_factory):
+  root = make_layout(tmp_path_factory.mktemp('short') / 'rs', num_frames=3)
+  _edit_meta(root, lambda m: m['videos']['train_00000']['expressions']['0'].update(exp=LONG))
+  builder = builders.prepare(tiny_config(root))
+  return root, builder, pipelines.build_vocabulary(builder)
+
+
+def _samples(root, builder, vocab, **kw):
+  config = tiny_config(root, height=32, width=40, batch_size=1, **kw)
+  ds = pipelines.make_train_dataset(config, builder, vocab, repeat=False, process_index=0,
+                                    process_count=1)
+  return {(b['video'][0].decode(), b['exp_id'][0].decode()): b
+          for b in pipelines.as_numpy(ds)}
+
+
+def test_video_with_fewer_frames_than_t_is_padded(short_long):
+  root, builder, vocab = short_long
+  samples = _samples(root, builder, vocab)
+  for b in samples.values():
+    assert b['frame_valid'][0].tolist() == [True, True, True, False]
+    assert b['frame_index'][0].tolist() == [0, 1, 2, -1]
+    for k in ('frames', 'masks', 'object_masks', 'boundary'):
+      assert not b[k][0, 3].any(), k
+    assert b['object_masks'][0, :3].any()
+
+
+def test_expression_longer_than_n_words(short_long, caplog):
+  root, builder, vocab = short_long
+  samples = _samples(root, builder, vocab)  # default: truncate to N=20
+  b = samples[('train_00000', '0')]
+  assert b['token_mask'].sum() == 20 and vocab.decode(b['tokens'][0]) == ' '.join(['the'] * 20)
+  with pytest.raises(ValueError, match=r"video 'train_00000' expression '0' \(25 words\)"):
+    _samples(root, builder, vocab, long_expressions='error')
+  with caplog.at_level(logging.WARNING):
+    skipped = _samples(root, builder, vocab, long_expressions='error', skip_bad_samples=True)
+  assert 'skipping 1 of' in caplog.text
+  assert set(skipped) == set(samples) - {('train_00000', '0')}

@@ -1,0 +1,173 @@
+"""Clip ops (flip, resize, boundary, frame sampling), eagerly and inside tf.data."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_pipelines import clip_ops
+
+
+def ce2p_generate_edge(label, edge_width=3):
+  """CE2P's `generate_edge` (numpy + a cv2.dilate equivalent), the reference."""
+  h, w = label.shape
+  edge = np.zeros(label.shape, np.float32)
+  edge[1:h, :][label[1:h, :] != label[:h - 1, :]] = 1
+  edge[:, :w - 1][label[:, :w - 1] != label[:, 1:w]] = 1
+  edge[:h - 1, :w - 1][label[:h - 1, :w - 1] != label[1:h, 1:w]] = 1
+  edge[:h - 1, 1:w][label[:h - 1, 1:w] != label[1:h, :w - 1]] = 1
+  r = edge_width // 2
+  padded = np.pad(edge, r)
+  out = np.zeros_like(edge)
+  for dy in range(edge_width):
+    for dx in range(edge_width):
+      out = np.maximum(out, padded[dy:dy + h, dx:dx + w])
+  return out
+
+
+def _random_masks(rng, shape):
+  """Blobby {0,1} masks (random noise would be edge everywhere)."""
+  small = (rng.random((*shape[:-2], shape[-2] // 4 + 1, shape[-1] // 4 + 1)) > 0.6)
+  big = np.repeat(np.repeat(small, 4, axis=-2), 4, axis=-1)[..., :shape[-2], :shape[-1]]
+  return big.astype(np.float32)
+
+
+def test_boundary_matches_ce2p_eager():
+  rng = np.random.default_rng(0)
+  masks = _random_masks(rng, (2, 3, 17, 23))
+  got = clip_ops.boundary_target(tf.constant(masks)).numpy()
+  ref = np.stack([[ce2p_generate_edge(m) for m in clip] for clip in masks])
+  np.testing.assert_array_equal(got, ref)
+  assert got.shape == masks.shape and set(np.unique(got)) <= {0.0, 1.0}
+  assert got.sum() > 0
+  ones = clip_ops.boundary_target(tf.ones((5, 6))).numpy()
+  assert ones.sum() == 0  # no edge where the label never changes, not even at the border
+
+
+def test_boundary_inside_tf_data():
+  rng = np.random.default_rng(1)
+  masks = _random_masks(rng, (4, 16, 16))
+  ds = tf.data.Dataset.from_tensor_slices(masks).map(clip_ops.boundary_target)
+  for m, got in zip(masks, ds.as_numpy_iterator(), strict=True):
+    np.testing.assert_array_equal(got, ce2p_generate_edge(m))
+
+
+@pytest.mark.skipif(importlib.util.find_spec('rvos_jax.losses') is None,
+                    reason='rvos_jax/losses.py (boundary_target) not written yet')
+def test_boundary_matches_jax_losses():
+  from rvos_jax import losses
+  rng = np.random.default_rng(2)
+  masks = _random_masks(rng, (2, 3, 24, 40))
+  for width in (1, 3, 4, 5):
+    got = clip_ops.boundary_target(tf.constant(masks), width).numpy()
+    ref = np.asarray(losses.boundary_target(masks, edge_width=width))
+    np.testing.assert_array_equal(got, ref, err_msg=f'edge_width={width}')
+
+
+def _flip_case():
+  rng = np.random.default_rng(3)
+  frames = rng.random((2, 5, 7, 3)).astype(np.float32)
+  masks = _random_masks(rng, (2, 5, 7))
+  words = tf.constant(['the', 'dog', 'on', 'the', 'left', 'of', 'the', 'rightmost', 'car'])
+  swap = clip_ops.word_swap_table([('left', 'right'), ('leftmost', 'rightmost')])
+  flipped = [b'the', b'dog', b'on', b'the', b'right', b'of', b'the', b'leftmost', b'car']
+  return frames, masks, words, swap, flipped
+
+
+def test_flip_eager():
+  frames, masks, words, swap, flipped = _flip_case()
+  f, (m,) = clip_ops.flip_clip(frames, (masks,), tf.constant(True))
+  np.testing.assert_array_equal(f.numpy(), frames[:, :, ::-1])
+  np.testing.assert_array_equal(m.numpy(), masks[:, :, ::-1])
+  assert clip_ops.flip_words(words, swap, tf.constant(True)).numpy().tolist() == flipped
+  f, (m,) = clip_ops.flip_clip(frames, (masks,), tf.constant(False))
+  np.testing.assert_array_equal(f.numpy(), frames)
+  np.testing.assert_array_equal(clip_ops.flip_words(words, swap, tf.constant(False)), words)
+
+
+def test_flip_inside_tf_data():
+  frames, masks, words, swap, flipped = _flip_case()
+  ds = tf.data.Dataset.from_tensors((frames, masks, words)).map(
+      lambda f, m, w: (*clip_ops.flip_clip(f, (m,), tf.constant(True)),
+                       clip_ops.flip_words(w, swap, tf.constant(True))))
+  f, (m,), w = next(ds.as_numpy_iterator())
+  np.testing.assert_array_equal(f, frames[:, :, ::-1])
+  np.testing.assert_array_equal(m, masks[:, :, ::-1])
+  assert w.tolist() == flipped
+
+
+def test_resize_nearest_keeps_labels_eager_and_in_tf_data():
+  rng = np.random.default_rng(4)
+  frames = rng.random((2, 8, 12, 3)).astype(np.float32)
+  ids = rng.integers(0, 4, (2, 8, 12)).astype(np.uint8)
+  f, m = clip_ops.resize_clip(frames, ids, 16, 24)
+  assert f.shape == (2, 16, 24, 3) and m.dtype == tf.uint8
+  np.testing.assert_array_equal(m.numpy(), np.repeat(np.repeat(ids, 2, 1), 2, 2))
+  f1, m1 = clip_ops.resize_clip(frames, ids, 8, 12)  # same size: identity
+  np.testing.assert_allclose(f1.numpy(), frames, atol=1e-6)
+  ds = tf.data.Dataset.from_tensors((frames, ids)).map(
+      lambda a, b: clip_ops.resize_clip(a, b, 16, 24))
+  _, m2 = next(ds.as_numpy_iterator())
+  np.testing.assert_array_equal(m2, m.numpy())
+
+
+def test_decode_frames_reduced_scale_jpeg():
+  img = np.zeros((64, 96, 3), np.uint8)
+  img[:, 48:] = 200
+  data = tf.io.encode_jpeg(img, quality=95)
+  ratio = clip_ops.jpeg_ratio(tf.constant(64), tf.constant(96), 16, 24)
+  assert int(ratio) == 2  # 1/4 DCT scale gives exactly 16x24
+  got = clip_ops.decode_frames(tf.stack([data]), ratio, 16, 24).numpy()
+  assert got.shape == (1, 16, 24, 3)
+  assert abs(got[0, :, :10].mean()) < 0.02 and abs(got[0, :, 14:].mean() - 200 / 255) < 0.02
+  assert int(clip_ops.jpeg_ratio(tf.constant(10), tf.constant(10), 16, 24)) == 0
+
+
+@pytest.mark.parametrize('n,stride,jitter', [(20, 2, 0), (20, 3, 1), (6, 4, 0), (3, 1, 0)])
+def test_sample_frame_indices(n, stride, jitter):
+  for s in range(5):
+    idx, k = clip_ops.sample_frame_indices(tf.constant(n), 4, stride, jitter,
+                                           tf.constant([0, s], tf.int64))
+    idx = idx.numpy()
+    assert int(k) == min(n, 4) == len(idx)
+    assert (np.diff(idx) >= 0).all() and idx.min() >= 0 and idx.max() < n
+    if jitter == 0 and n >= 4:
+      assert len(set(np.diff(idx).tolist())) == 1  # evenly spaced
+  a = clip_ops.sample_frame_indices(tf.constant(n), 4, stride, jitter, tf.constant([1, 2]))[0]
+  b = clip_ops.sample_frame_indices(tf.constant(n), 4, stride, jitter, tf.constant([1, 2]))[0]
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_photometric_jitter_range_and_determinism():
+  rng = np.random.default_rng(5)
+  frames = tf.constant(rng.random((3, 6, 6, 3)).astype(np.float32))
+  a = clip_ops.photometric_jitter(frames, 1.0, tf.constant([0, 1]))
+  b = clip_ops.photometric_jitter(frames, 1.0, tf.constant([0, 1]))
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 1.0
+  assert not np.allclose(a.numpy(), frames.numpy())
+  np.testing.assert_array_equal(clip_ops.photometric_jitter(frames, 0.0, tf.constant([0, 1])),
+                                frames)
+
+
+def test_colour_transform_components():
+  rng = np.random.default_rng(6)
+  x = tf.constant(rng.uniform(0.2, 0.8, (2, 4, 5, 3)).astype(np.float32))
+  same = clip_ops.colour_transform(x, 0.0, 1.0, 1.0, 0.0)
+  np.testing.assert_allclose(same.numpy(), x.numpy(), atol=1e-5)
+  np.testing.assert_allclose(clip_ops.colour_transform(x, 0.1, 1.0, 1.0, 0.0).numpy(),
+                             x.numpy() + 0.1, atol=1e-5)
+  gray = clip_ops.colour_transform(x, 0.0, 1.0, 0.0, 0.0).numpy()
+  np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-5)
+  np.testing.assert_allclose(gray[..., 0], x.numpy() @ np.array([0.299, 0.587, 0.114]),
+                             atol=1e-4)
+  flat = clip_ops.colour_transform(x, 0.0, 0.0, 1.0, 0.0).numpy()
+  np.testing.assert_allclose(flat, np.broadcast_to(x.numpy().reshape(-1, 3).mean(0), x.shape),
+                             atol=1e-5)
+  full_turn = clip_ops.colour_transform(x, 0.0, 1.0, 1.0, 1.0).numpy()  # hue is periodic
+  np.testing.assert_allclose(full_turn, x.numpy(), atol=1e-4)
+  rotated = clip_ops.colour_transform(x, 0.0, 1.0, 1.0, 0.05).numpy()
+  luma = np.array([0.299, 0.587, 0.114])
+  np.testing.assert_allclose(rotated @ luma, x.numpy() @ luma, atol=1e-4)  # hue keeps luma
+  assert not np.allclose(rotated, x.numpy(), atol=1e-3)

@@ -1,0 +1,157 @@
+"""refer_shapes -> TFDS records -> tf.data pipelines: round trip, flip, sharding, eval windows."""
+
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines import pipelines
+from data_pipelines.vocabulary import tokenize
+from tests.data_fixtures import TINY, tiny_config
+
+pytest_plugins = ('tests.data_fixtures',)  # fixtures without a conftest.py
+
+ALL_TRAIN = [f'train_{i:05d}' for i in range(TINY['num_train_videos'])]
+
+
+def _meta(root, split='train'):
+  with open(os.path.join(root, 'meta_expressions', split, 'meta_expressions.json')) as f:
+    return json.load(f)['videos']
+
+
+def _written(root, split, video, frame_name):
+  img = np.asarray(Image.open(os.path.join(root, split, 'JPEGImages', video, frame_name + '.jpg')))
+  with open(os.path.join(root, split, 'Annotations', video, frame_name + '.png'), 'rb') as f:
+    ids = np.asarray(Image.open(io.BytesIO(f.read())))  # palette index = object id
+  return img.astype(np.float32) / 255.0, ids
+
+
+def _epoch(config, builder, vocab, **kw):
+  ds = pipelines.make_train_dataset(config, builder, vocab, repeat=False,
+                                    process_index=kw.pop('process_index', 0),
+                                    process_count=kw.pop('process_count', 1), **kw)
+  out = {}
+  for batch in pipelines.as_numpy(ds):
+    for b in range(len(batch['video'])):
+      key = (batch['video'][b].decode(), batch['exp_id'][b].decode())
+      out[key] = {k: v[b] for k, v in batch.items()}
+  return out
+
+
+def test_round_trip(tiny_root, tiny_builder, tiny_vocab):
+  config = tiny_config(tiny_root, flip_prob=0.0, photometric_strength=0.0, batch_size=1)
+  meta = _meta(tiny_root)
+  samples = _epoch(config, tiny_builder, tiny_vocab)
+  assert set(samples) == {(v, e) for v in meta for e in meta[v]['expressions']}
+  names = meta['train_00000']['frames']
+  for (video, exp_id), x in samples.items():
+    assert x['frames'].shape == (4, 48, 64, 3) and x['frames'].dtype == np.float32
+    assert x['frame_valid'].all()
+    obj = int(meta[video]['expressions'][exp_id]['obj_id'])
+    assert x['obj_id'] == obj
+    for t, fi in enumerate(x['frame_index']):
+      img, ids = _written(tiny_root, 'train', video, names[fi])
+      err = np.abs(x['frames'][t] - img)
+      assert err.max() < 0.06 and err.mean() < 0.01, (video, fi, err.max(), err.mean())
+      np.testing.assert_array_equal(x['masks'][t], (ids == obj).astype(np.float32))
+      np.testing.assert_array_equal(x['object_masks'][t], (ids > 0).astype(np.float32))
+    text = meta[video]['expressions'][exp_id]['exp']
+    assert tiny_vocab.decode(x['tokens'], x['token_mask']) == ' '.join(tokenize(text)) == text
+    assert x['token_mask'].sum() == len(text.split())
+    assert x['boundary'].shape == (4, 48, 64)
+    for t in range(4):  # an edge exactly where the target is partly in view
+      assert x['boundary'][t].max() == float(0 < x['masks'][t].sum() < 48 * 64)
+
+
+def test_flip(tiny_root, tiny_builder, tiny_vocab):
+  kw = dict(photometric_strength=0.0, batch_size=1)
+  plain = _epoch(tiny_config(tiny_root, flip_prob=0.0, **kw), tiny_builder, tiny_vocab)
+  flipped = _epoch(tiny_config(tiny_root, flip_prob=1.0, **kw), tiny_builder, tiny_vocab)
+  assert plain.keys() == flipped.keys()
+  swapped = 0
+  for key, a in plain.items():
+    b = flipped[key]
+    np.testing.assert_array_equal(b['frame_index'], a['frame_index'])
+    for k in ('masks', 'object_masks'):
+      np.testing.assert_array_equal(b[k], a[k][:, :, ::-1])
+    np.testing.assert_allclose(b['frames'], a['frames'][:, :, ::-1], atol=1e-6)
+    text_a = tiny_vocab.decode(a['tokens'], a['token_mask']).split()
+    text_b = tiny_vocab.decode(b['tokens'], b['token_mask']).split()
+    swap = {'left': 'right', 'right': 'left'}
+    # A mirror word the training expressions never used is <unk> (a correct, if lossy, flip).
+    assert text_b == [tiny_vocab.tokens[tiny_vocab.id(swap.get(w, w))] for w in text_a]
+    swapped += any(w in swap for w in text_a)
+  assert swapped >= 1, 'the tiny dataset should contain a left/right expression'
+
+
+def test_deterministic_for_a_seed(tiny_root, tiny_builder, tiny_vocab):
+  def first(seed, n=3):
+    ds = pipelines.make_train_dataset(tiny_config(tiny_root, seed=seed), tiny_builder,
+                                      tiny_vocab, process_index=0, process_count=1)
+    return [b for _, b in zip(range(n), pipelines.as_numpy(ds), strict=False)]
+
+  a, b, c = first(0), first(0), first(1)
+  for x, y in zip(a, b, strict=True):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+  assert any(not np.array_equal(x['frames'], y['frames']) for x, y in zip(a, c, strict=True))
+
+
+def test_batch_layout(tiny_root, tiny_builder, tiny_vocab):
+  ds = pipelines.make_train_dataset(tiny_config(tiny_root), tiny_builder, tiny_vocab,
+                                    process_index=0, process_count=1)
+  x = next(pipelines.as_numpy(ds))
+  want = {'frames': ((2, 4, 48, 64, 3), np.float32), 'tokens': ((2, 20), np.int32),
+          'token_mask': ((2, 20), np.bool_), 'masks': ((2, 4, 48, 64), np.float32),
+          'object_masks': ((2, 4, 48, 64), np.float32), 'boundary': ((2, 4, 48, 64), np.float32),
+          'frame_valid': ((2, 4), np.bool_)}
+  for k, (shape, dtype) in want.items():
+    assert x[k].shape == shape and x[k].dtype == dtype, k
+  assert 0.0 <= x['frames'].min() and x['frames'].max() <= 1.0
+  assert (x['masks'] <= x['object_masks']).all()  # the target is one of the objects
+
+
+def test_two_process_shards_are_disjoint_and_complete(tiny_root, tiny_builder, tiny_vocab):
+  shards = []
+  for index in range(2):
+    ds = pipelines.read_records(tiny_builder, 'train', process_index=index, process_count=2)
+    shards.append({r['video'].decode() for r in ds.as_numpy_iterator()})
+  assert shards[0] and shards[1] and not shards[0] & shards[1]
+  assert shards[0] | shards[1] == set(ALL_TRAIN)
+  config = tiny_config(tiny_root, batch_size=1)
+  for index in range(2):  # the training stream of a host only sees its own videos
+    got = {v for v, _ in _epoch(config, tiny_builder, tiny_vocab, process_index=index,
+                                process_count=2)}
+    assert got == shards[index]
+
+
+def test_eval_windows_cover_every_frame(tiny_root, tiny_builder, tiny_vocab):
+  config = tiny_config(tiny_root, num_frames=3)  # 8 frames -> windows 3 + 3 + 2 (padded)
+  ds = pipelines.make_eval_dataset(config, tiny_builder, tiny_vocab, process_index=0,
+                                   process_count=1)
+  meta = _meta(tiny_root, 'valid')
+  seen = {}
+  batches = list(pipelines.as_numpy(ds))
+  assert all(b['frames'].shape == (3, 3, 48, 64, 3) for b in batches)
+  for b in batches:
+    for i in range(3):
+      if not b['example_valid'][i]:
+        continue
+      key = (b['video'][i].decode(), b['exp_id'][i].decode())
+      idx = b['frame_index'][i]
+      np.testing.assert_array_equal(b['frame_valid'][i], idx >= 0)
+      assert not b['frames'][i][idx < 0].any()
+      assert b['orig_size'][i].tolist() == [48, 64]
+      for t in np.flatnonzero(idx >= 0):
+        assert b['frame_name'][i][t].decode() == meta[key[0]]['frames'][idx[t]]
+        _, ids = _written(tiny_root, 'valid', key[0], meta[key[0]]['frames'][idx[t]])
+        obj = int(meta[key[0]]['expressions'][key[1]]['obj_id'])
+        np.testing.assert_array_equal(b['masks'][i][t], ids == obj)
+      seen.setdefault(key, []).extend(idx[idx >= 0].tolist())
+  assert set(seen) == {(v, e) for v in meta for e in meta[v]['expressions']}
+  assert all(sorted(f) == list(range(8)) for f in seen.values())
+  windows = 3 * len(seen)  # every (video, expression) has 3 windows of 8 frames
+  assert sum(int(b['example_valid'].sum()) for b in batches) == windows
+  assert len(batches) == -(-windows // 3)  # fillers only complete the last batch
