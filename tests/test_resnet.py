@@ -101,6 +101,29 @@ def test_forward_parity(depth, width_multiplier):
     _assert_close(f'ResNet-{depth} x{width_multiplier} {name}', got[name], ref[name])
 
 
+@pytest.mark.parametrize('depth,output_stride', [(18, 8), (50, 16), (50, 8)])
+def test_dilated_output_stride_parity(depth, output_stride):
+  """output_stride 16 / 8 = torchvision's replace_stride_with_dilation for layer4 / layer3+4."""
+  shape = (1, 67, 93, 3)
+  torch.manual_seed(0)
+  width = 0.25 if depth == 18 else 0.5
+  dilate = (False, output_stride == 8, True)
+  model = torch_resnet.ResNet(depth, width, replace_stride_with_dilation=dilate)
+  torch_resnet.randomize_batch_norm_(model, torch.Generator().manual_seed(1))
+  model.eval()
+  flax_model = resnet.ResNet(depth, width, output_stride=output_stride)
+  variables = _port(model, flax_model, shape)
+  x = _inputs(shape)
+  got = jax.jit(flax_model.apply)(variables, x)
+  ref = _torch_features(model, x)
+  assert got['res5'].shape[1:3] == (-(-67 // output_stride), -(-93 // output_stride))
+  for name in resnet.FEATURE_NAMES:
+    _assert_close(f'ResNet-{depth} OS{output_stride} {name}', got[name], ref[name])
+  # Same parameter tree as the undilated network: ported weights load unchanged.
+  plain = jax.eval_shape(resnet.ResNet(depth, width).init, jax.random.key(0), jnp.zeros(shape))
+  assert jax.tree.structure(plain) == jax.tree.structure(variables)
+
+
 def test_trainable_batch_norm_parity():
   """frozen_bn=False: running stats in eval mode, batch stats in train mode, like torch."""
   shape = (2, 35, 41, 3)

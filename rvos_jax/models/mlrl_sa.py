@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rvos_jax import porting
 from rvos_jax.models.alignment import SemanticAlignment, SentenceFusion
 from rvos_jax.models.embeddings import FrameLevelEmbedding, ObjectEncoder, VideoLevelEmbedding
 from rvos_jax.models.language import LanguageEncoder
@@ -42,6 +41,7 @@ class MLRLSA(nn.Module):
     hidden_dim: d, the feature width shared by vision and language (paper: 384).
     decoder_dim: channels of the pyramid heads (divisible by 8 for GroupNorm(8)).
     backbone_depth / backbone_width: ResNet depth (paper: 50) and width multiplier.
+    backbone_output_stride: 32 (paper); 16 / 8 dilate res5 (and res4) for small inputs.
     frozen_bn: keep the backbone's BatchNorm statistics and affine fixed.
     use_video_level / use_frame_level / use_object_level: the three levels of §3.1.
     object_encoder: 'video' (paper), 'frame' or 'fcn'.
@@ -54,6 +54,7 @@ class MLRLSA(nn.Module):
   decoder_dim: int = 256
   backbone_depth: int = 50
   backbone_width: float = 1.0
+  backbone_output_stride: int = 32
   frozen_bn: bool = True
   use_video_level: bool = True
   use_frame_level: bool = True
@@ -89,7 +90,7 @@ class MLRLSA(nn.Module):
     x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(
         IMAGENET_STD)
     feats = ResNet(self.backbone_depth, self.backbone_width, self.frozen_bn,
-                   name='backbone')(x, train=train)
+                   self.backbone_output_stride, name='backbone')(x, train=train)
     p = nn.Conv(d, (1, 1), name='reduce')(feats['res5'])  # §3.1: 1x1 conv c -> d
     h, w = p.shape[1:3]
     p = p.reshape(b, t, h, w, d)
@@ -137,6 +138,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       decoder_dim=c.decoder_dim,
       backbone_depth=c.backbone_depth,
       backbone_width=c.backbone_width,
+      backbone_output_stride=c.get('backbone_output_stride', 32),
       frozen_bn=c.frozen_bn,
       use_video_level=c.use_video_level,
       use_frame_level=c.use_frame_level,
@@ -156,16 +158,3 @@ def dummy_inputs(num_frames: int, height: int, width: int, max_words: int, batch
           jnp.zeros((batch, max_words), jnp.int32),
           jnp.ones((batch, max_words), bool))
 
-
-def init_variables(model: MLRLSA, model_config: ml_collections.ConfigDict, rng: jax.Array,
-                   data_config: ml_collections.ConfigDict) -> dict:
-  """Random initial variables, with the backbone replaced by the ported ImageNet weights when
-  `config.model.backbone_init` names a checkpoint of `python -m rvos_jax.port_resnet50`
-  (strict: a missing or extra leaf or a shape mismatch raises porting.PortError)."""
-  inputs = dummy_inputs(data_config.num_frames, data_config.height, data_config.width,
-                        data_config.max_words)
-  variables = model.init({'params': rng}, *inputs)
-  if model_config.get('backbone_init'):
-    variables = porting.load_backbone_checkpoint(variables, model_config.backbone_init,
-                                                 subtree='backbone')
-  return variables

@@ -60,13 +60,21 @@ def feature_channels(depth: int = 50, width_multiplier: float = 1.0) -> dict[str
   return {name: width * 2**i * _EXPANSION[block] for i, name in enumerate(FEATURE_NAMES)}
 
 
+def feature_strides(output_stride: int = 32) -> dict[str, int]:
+  """Stride of each feature: res4/res5 stop downsampling when output_stride is 16 or 8."""
+  if output_stride not in (8, 16, 32):
+    raise ValueError(f'ResNet output_stride must be 8, 16 or 32, got {output_stride}.')
+  return {name: min(s, output_stride) for name, s in FEATURE_STRIDES.items()}
+
+
 def feature_shapes(batch: int, height: int, width: int, depth: int = 50,
-                   width_multiplier: float = 1.0) -> dict[str, tuple[int, int, int, int]]:
+                   width_multiplier: float = 1.0, output_stride: int = 32
+                   ) -> dict[str, tuple[int, int, int, int]]:
   """NHWC shapes of res2..res5 for an (batch, height, width, 3) input."""
   channels = feature_channels(depth, width_multiplier)
   return {
     name: (batch, math.ceil(height / s), math.ceil(width / s), channels[name])
-    for name, s in FEATURE_STRIDES.items()
+    for name, s in feature_strides(output_stride).items()
   }
 
 
@@ -99,12 +107,13 @@ def batch_norm(frozen: bool, train: bool, name: str) -> nn.Module:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, name=name)
 
 
-def conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-  """Bias-free conv with torch's symmetric padding k // 2 (never 'SAME': it pads asymmetrically)."""
-  pad = kernel // 2
+def conv(features: int, kernel: int, stride: int, name: str, dilation: int = 1) -> nn.Conv:
+  """Bias-free conv with torch's symmetric padding dilation * (k // 2) (never 'SAME': it pads
+  asymmetrically)."""
+  pad = dilation * (kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,
-                 name=name)
+                 padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
+                 use_bias=False, kernel_init=_conv_init, name=name)
 
 
 class Downsample(nn.Module):
@@ -124,13 +133,14 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int
   frozen_bn: bool
+  dilation: int = 1  # torchvision refuses dilation in BasicBlock; we allow it (both 3x3 convs)
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    out = conv(self.planes, 3, self.stride, name='conv1')(x)
+    out = conv(self.planes, 3, self.stride, name='conv1', dilation=self.dilation)(x)
     out = nn.relu(batch_norm(self.frozen_bn, train, name='bn1')(out))
-    out = conv(self.planes, 3, 1, name='conv2')(out)
+    out = conv(self.planes, 3, 1, name='conv2', dilation=self.dilation)(out)
     out = batch_norm(self.frozen_bn, train, name='bn2')(out)
     if self.stride != 1 or x.shape[-1] != self.planes:
       x = Downsample(self.planes, self.stride, self.frozen_bn, name='downsample')(x, train)
@@ -142,6 +152,7 @@ class Bottleneck(nn.Module):
   planes: int
   stride: int
   frozen_bn: bool
+  dilation: int = 1
   expansion = 4
 
   @nn.compact
@@ -149,7 +160,7 @@ class Bottleneck(nn.Module):
     out_features = self.planes * self.expansion
     out = conv(self.planes, 1, 1, name='conv1')(x)
     out = nn.relu(batch_norm(self.frozen_bn, train, name='bn1')(out))
-    out = conv(self.planes, 3, self.stride, name='conv2')(out)
+    out = conv(self.planes, 3, self.stride, name='conv2', dilation=self.dilation)(out)
     out = nn.relu(batch_norm(self.frozen_bn, train, name='bn2')(out))
     out = conv(out_features, 1, 1, name='conv3')(out)
     out = batch_norm(self.frozen_bn, train, name='bn3')(out)
@@ -159,18 +170,29 @@ class Bottleneck(nn.Module):
 
 
 class ResLayer(nn.Module):
-  """torchvision's `layerN`: a sequence of blocks named '0', '1', ...; the first one strides."""
+  """torchvision's `layerN`: a sequence of blocks named '0', '1', ...; the first one strides.
+
+  With `dilate` (torchvision's replace_stride_with_dilation) the layer keeps the resolution: the
+  stride becomes a dilation of the later blocks' 3x3 convs; the first block keeps the previous
+  dilation, as in torchvision.
+  """
   block: str
   num_blocks: int
   planes: int
   stride: int
   frozen_bn: bool
+  previous_dilation: int = 1
+  dilate: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     block_cls = BasicBlock if self.block == 'basic' else Bottleneck
+    stride, dilation = self.stride, self.previous_dilation
+    if self.dilate:
+      stride, dilation = 1, self.previous_dilation * self.stride
     for i in range(self.num_blocks):
-      x = block_cls(self.planes, self.stride if i == 0 else 1, self.frozen_bn, name=str(i))(
+      x = block_cls(self.planes, stride if i == 0 else 1, self.frozen_bn,
+                    dilation=self.previous_dilation if i == 0 else dilation, name=str(i))(
         x, train)
     return x
 
@@ -183,10 +205,14 @@ class ResNet(nn.Module):
     width_multiplier: scales the base width 64 (e.g. 0.25 -> 16) for CPU-sized configs.
     frozen_bn: FrozenBatchNorm (stats and affine in 'batch_stats') if True, else nn.BatchNorm
       (affine in 'params', stats in 'batch_stats'; pass mutable=['batch_stats'] when train=True).
+    output_stride: 32 (the paper); 16 or 8 replace the stride of layer4 (and layer3) by a
+      dilation (torchvision's replace_stride_with_dilation), for small CPU-sized inputs where
+      res5 at stride 32 would be a 2x3 map. The weights are the same; they port unchanged.
   """
   depth: int = 50
   width_multiplier: float = 1.0
   frozen_bn: bool = True
+  output_stride: int = 32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -203,12 +229,18 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
     features = {}
+    strides = feature_strides(self.output_stride)
+    dilation, previous = 1, 4
     for i, (name, num_blocks) in enumerate(zip(FEATURE_NAMES, blocks_per_stage, strict=True)):
+      dilate = i > 0 and strides[name] == previous
       x = ResLayer(block, num_blocks, width * 2**i, 1 if i == 0 else 2, self.frozen_bn,
-                   name=f'layer{i + 1}')(x, train)
+                   previous_dilation=dilation, dilate=dilate, name=f'layer{i + 1}')(x, train)
+      if dilate:
+        dilation *= 2
+      previous = strides[name]
       features[name] = x
 
-    expected = feature_shapes(n, h, w, self.depth, self.width_multiplier)
+    expected = feature_shapes(n, h, w, self.depth, self.width_multiplier, self.output_stride)
     for name in FEATURE_NAMES:
       chex.assert_shape(features[name], expected[name])
     return features

@@ -248,14 +248,15 @@ class MLRLSA(nn.Module):
   STD = (0.229, 0.224, 0.225)
 
   def __init__(self, vocab_size, hidden_dim=384, decoder_dim=256, backbone_depth=50,
-               backbone_width=1.0, use_video_level=True, use_frame_level=True,
+               backbone_width=1.0, backbone_output_stride=32, use_video_level=True, use_frame_level=True,
                use_object_level=True, object_encoder='video', alignment='dsa', text_layers=2,
                text_heads=8, text_ffn_dim=1536):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
                                         ('object', use_object_level)) if on]
-    self.backbone = ResNet(backbone_depth, backbone_width)
+    dilate = (False, backbone_output_stride == 8, backbone_output_stride <= 16)
+    self.backbone = ResNet(backbone_depth, backbone_width, replace_stride_with_dilation=dilate)
     del self.backbone.fc, self.backbone.avgpool  # only res2..res5 are used
     expansion = 1 if backbone_depth in (18, 34) else 4
     base = int(round(64 * backbone_width)) * expansion

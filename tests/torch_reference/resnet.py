@@ -20,8 +20,9 @@ STAGES = {
 }
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-  return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+  return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=dilation, dilation=dilation,
+                   bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -32,12 +33,12 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   def __init__(self, inplanes: int, planes: int, stride: int = 1,
-               downsample: nn.Module | None = None):
+               downsample: nn.Module | None = None, dilation: int = 1):
     super().__init__()
-    self.conv1 = conv3x3(inplanes, planes, stride)
+    self.conv1 = conv3x3(inplanes, planes, stride, dilation)
     self.bn1 = nn.BatchNorm2d(planes)
     self.relu = nn.ReLU(inplace=True)
-    self.conv2 = conv3x3(planes, planes)
+    self.conv2 = conv3x3(planes, planes, dilation=dilation)
     self.bn2 = nn.BatchNorm2d(planes)
     self.downsample = downsample
 
@@ -52,11 +53,11 @@ class Bottleneck(nn.Module):
   expansion = 4
 
   def __init__(self, inplanes: int, planes: int, stride: int = 1,
-               downsample: nn.Module | None = None):
+               downsample: nn.Module | None = None, dilation: int = 1):
     super().__init__()
     self.conv1 = conv1x1(inplanes, planes)
     self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = conv3x3(planes, planes, stride)  # v1.5: the stride is here
+    self.conv2 = conv3x3(planes, planes, stride, dilation)  # v1.5: the stride is here
     self.bn2 = nn.BatchNorm2d(planes)
     self.conv3 = conv1x1(planes, planes * self.expansion)
     self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -73,8 +74,10 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
 
-  def __init__(self, depth: int = 50, width_multiplier: float = 1.0, num_classes: int = 1000):
+  def __init__(self, depth: int = 50, width_multiplier: float = 1.0, num_classes: int = 1000,
+               replace_stride_with_dilation=(False, False, False)):
     super().__init__()
+    self.dilation = 1
     block_name, layers = STAGES[depth]
     block = BasicBlock if block_name == 'basic' else Bottleneck
     width = int(round(64 * width_multiplier))
@@ -84,23 +87,30 @@ class ResNet(nn.Module):
     self.relu = nn.ReLU(inplace=True)
     self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     self.layer1 = self._make_layer(block, width, layers[0])
-    self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
-    self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-    self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+    dilate = replace_stride_with_dilation
+    self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2, dilate=dilate[0])
+    self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2, dilate=dilate[1])
+    self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2, dilate=dilate[2])
     self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
     self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
     for m in self.modules():
       if isinstance(m, nn.Conv2d):
         nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
 
-  def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+  def _make_layer(self, block, planes: int, blocks: int, stride: int = 1,
+                  dilate: bool = False) -> nn.Sequential:
+    # torchvision's rule: a dilated layer's first block keeps the previous dilation.
+    previous_dilation = self.dilation
+    if dilate:
+      self.dilation *= stride
+      stride = 1
     downsample = None
     if stride != 1 or self.inplanes != planes * block.expansion:
       downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
                                  nn.BatchNorm2d(planes * block.expansion))
-    layers = [block(self.inplanes, planes, stride, downsample)]
+    layers = [block(self.inplanes, planes, stride, downsample, dilation=previous_dilation)]
     self.inplanes = planes * block.expansion
-    layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+    layers += [block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
 
   def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
