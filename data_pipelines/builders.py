@@ -122,7 +122,8 @@ def prepare(config: ml_collections.ConfigDict) -> _LayoutBuilder:
       ytvos_layout.meta_expressions_path(root, 'train')):
     from data_pipelines import refer_shapes  # noqa: PLC0415 -- only needed here
     logging.info('no refer_shapes dataset at %s: generating one (seed %d)', root, config.seed)
-    refer_shapes.generate(root, seed=config.seed)
+    scale = config.generate.to_dict() if 'generate' in config else {}
+    refer_shapes.generate(root, seed=config.seed, **scale)
   data_dir = config.get('tfds_data_dir') or os.path.join(root, 'tfds')
   builder = BUILDERS[config.name](data_dir=data_dir, skip_bad_samples=config.skip_bad_samples,
                                   verify_jpeg=config.get('verify_jpeg', True))

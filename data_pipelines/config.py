@@ -18,6 +18,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   # meta_expressions/). For refer_davis17 this is the *converted* layout
   # (`python -m data_pipelines.davis17`). TFDS reads it as its `manual_dir`.
   c.root = ''
+  # refer_shapes only: the scale the generator uses when `root` holds no dataset yet.
+  c.generate = ml_collections.ConfigDict(dict(
+      num_train_videos=200, num_valid_videos=50, num_frames=24, height=240, width=432))
   # Where TFDS writes its records ('' = <root>/tfds). Built once, then reused.
   c.tfds_data_dir = ''
   # Splits of the layout used for training and evaluation / prediction.

@@ -167,8 +167,12 @@ def _check_config(config):
 def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabulary, *,
                        process_index: int | None = None, process_count: int | None = None,
                        split: str | None = None, augment: bool = True,
-                       repeat: bool = True) -> tf.data.Dataset:
-  """Infinite (repeat=True) stream of augmented training batches for this host."""
+                       repeat: bool = True, start_batch: int = 0) -> tf.data.Dataset:
+  """Infinite (repeat=True) stream of augmented training batches for this host.
+
+  The stream is a function of config.seed alone; `start_batch` (the number of batches this
+  host already consumed, i.e. the resumed step) makes it continue exactly where an
+  uninterrupted run would be. Skipping happens before any frame is decoded."""
   _check_config(config)
   split = split or config.train_split
   excluded_keys = _excluded_expressions(config, builder, split)
@@ -207,7 +211,10 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
     tokens, token_mask, _ = encode_words_tf(words, table, config.max_words)
     return _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config)
 
-  ds = ds.enumerate().map(process, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.enumerate()  # the index seeds each clip's augmentation: enumerate before skipping
+  if start_batch:
+    ds = ds.skip(start_batch * config.batch_size)
+  ds = ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.batch(config.batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

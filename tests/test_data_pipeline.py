@@ -99,6 +99,21 @@ def test_deterministic_for_a_seed(tiny_root, tiny_builder, tiny_vocab):
   assert any(not np.array_equal(x['frames'], y['frames']) for x, y in zip(a, c, strict=True))
 
 
+def test_resume_continues_the_stream(tiny_root, tiny_builder, tiny_vocab):
+  """start_batch=k gives exactly the batches k, k+1, ... of an uninterrupted stream, across
+  the end of an epoch (12 batches of 2 are more clips than the tiny split's expressions)."""
+  def batches(start, n):
+    ds = pipelines.make_train_dataset(tiny_config(tiny_root), tiny_builder, tiny_vocab,
+                                      process_index=0, process_count=1, start_batch=start)
+    return [b for _, b in zip(range(n), pipelines.as_numpy(ds), strict=False)]
+
+  full = batches(0, 12)
+  resumed = batches(7, 5)
+  for x, y in zip(full[7:], resumed, strict=True):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
 def test_batch_layout(tiny_root, tiny_builder, tiny_vocab):
   ds = pipelines.make_train_dataset(tiny_config(tiny_root), tiny_builder, tiny_vocab,
                                     process_index=0, process_count=1)
