@@ -89,3 +89,17 @@ def test_backbone_switches():
   assert p50['reduce']['kernel'].shape == (1, 1, 2048, D)
   p18 = params()
   assert p18['reduce']['kernel'].shape == (1, 1, 128, D)  # 512 * 0.25
+
+
+def test_ablation_configs_build_their_variant():
+  from configs import ablations  # noqa: PLC0415
+
+  for variant, overrides in ablations.VARIANTS.items():
+    config = ablations.get_config(f'refer_shapes,{variant}')
+    for key, value in overrides.items():
+      section, field = key.split('.')
+      assert config[section][field] == value
+  assert ablations.get_config('default,no_alignment').model.alignment == 'none'
+  assert ablations.get_config('default').data.num_frames == 12
+  with pytest.raises(ValueError, match='unknown ablation'):
+    ablations.get_config('default,no_language')

@@ -1,0 +1,42 @@
+"""Table 3's ablations as overrides of a base config.
+
+  python main.py --config configs/ablations.py:refer_shapes,no_video_level --workdir W
+  python main.py --config configs/ablations.py:default,frames_4 --workdir W
+
+The argument is '<base>,<variant>' with base 'default' (the paper's setting) or
+'refer_shapes' (the embedded default), and variant one of VARIANTS.
+"""
+
+import ml_collections
+
+from configs import default, refer_shapes
+
+BASES = {'default': default.get_config, 'refer_shapes': refer_shapes.get_config}
+
+VARIANTS = {
+    'full': {},
+    'no_video_level': {'model.use_video_level': False},
+    'no_frame_level': {'model.use_frame_level': False},
+    'no_object_level': {'model.use_object_level': False},
+    'object_encoder_fcn': {'model.object_encoder': 'fcn'},
+    'object_encoder_frame': {'model.object_encoder': 'frame'},
+    'no_alignment': {'model.alignment': 'none'},
+    # "Numbers of Frames": T = 1, 2, 4, 8 (the full model uses 12 in the paper).
+    **{f'frames_{t}': {'data.num_frames': t} for t in (1, 2, 4, 8)},
+}
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown ablation {variant!r}; choose from {sorted(VARIANTS)}')
+  for key, value in VARIANTS[variant].items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def get_config(arg: str = 'default,full') -> ml_collections.ConfigDict:
+  base, _, variant = arg.partition(',')
+  if base not in BASES:
+    raise ValueError(f'unknown base config {base!r}; choose from {sorted(BASES)}')
+  return apply_variant(BASES[base](), variant or 'full')

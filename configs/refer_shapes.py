@@ -1,0 +1,69 @@
+"""The embedded default: refer_shapes (generated on first use), CPU-sized.
+
+A small ResNet-18 (width x0.25) trained from scratch on 64x96 clips of T=6 frames; the rest of
+the network is the paper's, narrower (d=48). Trains, evaluates and writes overlays in minutes
+on 2 CPU cores:
+
+  python main.py --config configs/refer_shapes.py --workdir workdirs/refer_shapes
+  python main.py --config configs/refer_shapes.py:smoke ...   # seconds: a tiny dataset, 2 steps
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  if arg == 'smoke':
+    return get_smoke_config()
+  if arg:
+    raise ValueError(f'configs/refer_shapes.py takes no argument or "smoke", got {arg!r}')
+  config = default.get_config()
+
+  data = config.data
+  data.name = 'refer_shapes'
+  data.root = 'data/refer_shapes'
+  data.generate.update(num_train_videos=400, num_valid_videos=40, num_frames=12, height=64,
+                       width=96)
+  data.num_frames, data.height, data.width = 6, 64, 96
+  data.max_words = 12
+  data.frame_stride = 2
+  data.batch_size = 8
+  data.eval_batch_size = 8
+  data.shuffle_buffer = 256
+
+  model = config.model
+  model.backbone_depth, model.backbone_width = 18, 0.25
+  # 64x96 frames: res5 at stride 32 would be 2x3, coarser than the objects; stride 8 gives 8x12.
+  model.backbone_output_stride = 8
+  # Trained from scratch on a batch of 8 x 6 frames: BatchNorm statistics can be learned.
+  model.frozen_bn = False
+  model.hidden_dim = 48
+  model.decoder_dim = 32
+  model.text_layers, model.text_heads, model.text_ffn_dim = 1, 4, 96
+
+  optim = config.optim
+  # No ImageNet weights here: the backbone learns at the same rate as the rest.
+  optim.backbone_learning_rate = optim.learning_rate = 1e-3
+  optim.warmup_steps = 100
+
+  train = config.train
+  train.num_steps = 1500
+  train.log_every = 50
+  train.eval_every = 0
+  train.checkpoint_every = 250
+  return config
+
+
+def get_smoke_config():
+  """A few steps on a tiny dataset: the shape of a full run in seconds (tests use it)."""
+  config = get_config()
+  config.data.root = 'data/refer_shapes_smoke'
+  config.data.generate.update(num_train_videos=6, num_valid_videos=3, num_frames=6, height=48,
+                              width=64)
+  config.data.height, config.data.width, config.data.num_frames = 48, 64, 4
+  config.data.batch_size = config.data.eval_batch_size = 2
+  config.data.shuffle_buffer = 16
+  config.train.num_steps = 2
+  config.train.log_every = 1
+  config.train.checkpoint_every = 1
+  config.optim.warmup_steps = 1
+  return config

@@ -1,0 +1,46 @@
+"""rvos-jax entry point: train, evaluate or predict, as the config says.
+
+  python main.py --config configs/refer_shapes.py --workdir /tmp/rvos            # train + eval
+  python main.py --config configs/refer_shapes.py --workdir /tmp/rvos --mode eval
+  python main.py --config configs/refer_shapes.py --workdir /tmp/rvos --mode predict \\
+      --video clip.mp4 --expression "the red square moving left"
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, vocabulary, logs and results go here.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
+                  'train: train (resuming) and evaluate; eval: evaluate the latest checkpoint; '
+                  'predict: segment --video for --expression, or the eval split into a '
+                  'submission zip when they are not given.')
+flags.DEFINE_string('video', None, 'predict: an mp4 (or other video file) or a folder of frames.')
+flags.DEFINE_string('expression', None, 'predict: the referring expression.')
+flags.DEFINE_string('output_dir', None, 'predict/eval: where results go (default under workdir).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # tf.data only feeds the host: keep TensorFlow off the accelerators JAX uses.
+  import tensorflow as tf  # noqa: PLC0415
+  tf.config.set_visible_devices([], 'GPU')
+
+  from rvos_jax import train  # noqa: PLC0415 -- after TF is confined
+  config = FLAGS.config
+  logging.info('config:\n%s', config)
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif FLAGS.mode == 'eval':
+    train.evaluate_checkpoint(config, FLAGS.workdir, output_dir=FLAGS.output_dir)
+  else:
+    train.predict_checkpoint(config, FLAGS.workdir, video=FLAGS.video,
+                             expression=FLAGS.expression, output_dir=FLAGS.output_dir)
+
+
+if __name__ == '__main__':
+  app.run(main)

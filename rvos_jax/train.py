@@ -1,0 +1,391 @@
+"""Training: the train state, the optimizer, the jitted step and the loop (`train_and_evaluate`).
+
+As in Flax's examples: small functions (`create_train_state`, `train_step`, `eval_step`) that
+tests call directly, and a loop that wires them to the data, checkpoints, metrics and evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from data_pipelines import builders, pipelines, ytvos_layout
+from data_pipelines.vocabulary import Vocabulary
+from rvos_jax import checkpointing, evaluation, losses, porting, predict, sharding
+from rvos_jax.models import mlrl_sa
+
+BACKBONE = 'backbone'
+MODEL_INPUTS = ('frames', 'tokens', 'token_mask')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any  # the backbone's BatchNorm statistics (and affine, when frozen)
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key: dropout noise is fold_in(rng, step), so resuming repeats it
+
+  def variables(self, params=None) -> dict:
+    return {'params': self.params if params is None else params,
+            'batch_stats': self.batch_stats}
+
+
+def learning_rate_schedule(base: float, config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup to `base`, then cosine decay to base * optim.final_lr_fraction (or constant)."""
+  o = config.optim
+  total, warmup = config.train.num_steps, min(o.warmup_steps, config.train.num_steps)
+  if o.schedule == 'constant':
+    decay = optax.constant_schedule(base)
+  elif o.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(base, max(total - warmup, 1), alpha=o.final_lr_fraction)
+  else:
+    raise ValueError(f"config.optim.schedule must be 'cosine' or 'constant', got {o.schedule!r}")
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), decay], [warmup])
+
+
+def parameter_group(path: tuple[str, ...]) -> str:
+  return 'backbone' if path[0] == BACKBONE else 'rest'
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with one learning rate for the backbone and one for the rest (DESIGN.md: backbone
+  1e-5, rest 1e-4 by default), global-norm gradient clipping, no weight decay on biases and
+  normalisation scales."""
+  o = config.optim
+
+  def adamw(lr):
+    return optax.adamw(learning_rate_schedule(lr, config), b1=o.b1, b2=o.b2,
+                       weight_decay=o.weight_decay,
+                       mask=lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
+
+  labels = lambda params: flax.traverse_util.path_aware_map(
+      lambda path, _: parameter_group(path), params)
+  tx = optax.multi_transform(
+      {'backbone': adamw(o.backbone_learning_rate), 'rest': adamw(o.learning_rate)}, labels)
+  if o.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+  return tx
+
+
+def _init_fn(config: ml_collections.ConfigDict, model: mlrl_sa.MLRLSA,
+             tx: optax.GradientTransformation, state_rng: jax.Array):
+  def init(rng):
+    inputs = mlrl_sa.dummy_inputs(config.data.num_frames, config.data.height,
+                                  config.data.width, config.data.max_words)
+    variables = model.init({'params': rng}, *inputs)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                      rng=state_rng)
+  return init
+
+
+def abstract_train_state(config, model, tx, mesh):
+  """The train state's shapes, dtypes and shardings, without computing anything."""
+  init = _init_fn(config, model, tx, jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  shardings = sharding.state_shardings(abstract, mesh)
+  return jax.tree.map(lambda a, s: a.update(sharding=s), abstract, shardings), shardings
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: mlrl_sa.MLRLSA,
+                       tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                       rng: jax.Array) -> tuple[TrainState, Any]:
+  """Abstract init (jax.eval_shape), shardings from the mesh, then a jitted init that writes
+  every leaf straight into its sharding. The backbone comes from `config.model.backbone_init`
+  when set. Returns (state, state_shardings)."""
+  init_rng, state_rng = jax.random.split(rng)
+  init = _init_fn(config, model, tx, state_rng)
+  shardings = sharding.state_shardings(jax.eval_shape(init, init_rng), mesh)
+  state = jax.jit(init, out_shardings=shardings)(init_rng)
+  if config.model.get('backbone_init'):
+    # Strict: a missing/extra leaf or a shape mismatch raises porting.PortError.
+    variables = porting.load_backbone_checkpoint(
+        state.variables(), config.model.backbone_init, subtree=BACKBONE)
+    state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+    # Adam's moments are zeros of the same shapes: no need to re-initialise them.
+  return state, shardings
+
+
+def _apply(model, state: TrainState, params, batch, train: bool, rng=None):
+  mutable = ['batch_stats'] if (train and not model.frozen_bn) else False
+  rngs = {'dropout': rng} if rng is not None else None
+  out = model.apply(state.variables(params), *(batch[k] for k in MODEL_INPUTS), train=train,
+                    rngs=rngs, mutable=mutable)
+  return out if mutable else (out, {})
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: mlrl_sa.MLRLSA,
+               tx: optax.GradientTransformation, config: ml_collections.ConfigDict
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on a (global) batch; returns the new state and scalar metrics."""
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    outputs, updates = _apply(model, state, params, batch, train=True, rng=rng)
+    loss, parts = losses.total_loss(outputs, batch, **loss_kwargs(config))
+    return loss, (parts, updates)
+
+  (_, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, param_updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            batch_stats=updates.get('batch_stats', state.batch_stats))
+  metrics = {f'loss/{k}': v for k, v in parts.items()}
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  metrics['param_norm'] = optax.tree.norm(params)
+  for group, base in (('backbone', config.optim.backbone_learning_rate),
+                      ('rest', config.optim.learning_rate)):
+    metrics[f'lr/{group}'] = learning_rate_schedule(base, config)(state.step)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: mlrl_sa.MLRLSA,
+              config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Loss parts and mean IoU on a batch, no update (a cheap check; J&F come from evaluation)."""
+  outputs, _ = _apply(model, state, state.params, batch, train=False)
+  _, parts = losses.total_loss(outputs, batch, **loss_kwargs(config))
+  iou = losses.mask_iou(outputs.mask_logits, batch['masks'])
+  w = batch['frame_valid'].astype(jnp.float32)
+  parts['iou'] = (iou * w).sum() / jnp.maximum(w.sum(), 1.0)
+  return parts
+
+
+def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, float]:
+  c = config.loss
+  return dict(alpha=c.alpha, beta=c.beta, focal_alpha=c.focal_alpha, focal_gamma=c.focal_gamma)
+
+
+def check_finite(step: int, scalars: Mapping[str, float]) -> None:
+  """NaN/Inf check at log time (big_vision): stop with the step and the culprits named."""
+  bad = {k: v for k, v in scalars.items() if not math.isfinite(v)}
+  if bad:
+    raise FloatingPointError(f'non-finite training metrics at step {step}: {bad}')
+
+
+# ------------------------------------------------------------------------------ the loop
+def load_or_build_vocabulary(workdir: str, builder, config):
+  """The vocabulary lives beside the checkpoints: built from the training expressions on the
+  first run, then read back (and checked against the data) on every resume, eval or predict."""
+  path = config.data.get('vocab_path') or os.path.join(workdir, 'vocab.txt')
+  built = pipelines.build_vocabulary(builder, config.data.train_split)
+  if os.path.exists(path):
+    saved = Vocabulary.load(path)
+    built.check_same(saved, what=f'vocabulary saved at {path}')
+    return saved
+  if jax.process_index() == 0:
+    built.save(path)
+  return built
+
+
+def _scalars(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from the latest checkpoint in workdir), evaluates periodically and at the
+  end, and returns the final evaluation results."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  builder = builders.prepare(config.data)
+  vocab = load_or_build_vocabulary(workdir, builder, config)
+  model = mlrl_sa.build_model(config.model, len(vocab))
+  tx = make_optimizer(config)
+  mesh = sharding.make_mesh(config)
+  state, state_shardings = create_train_state(config, model, tx, mesh,
+                                              jax.random.PRNGKey(config.seed))
+
+  manager = checkpointing.make_manager(workdir, max_to_keep=config.train.max_to_keep,
+                                       save_interval_steps=config.train.checkpoint_every)
+  abstract_state = jax.tree.map(lambda x, s: x.update(sharding=s) if hasattr(x, 'update') else
+                                jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                jax.eval_shape(lambda: state), state_shardings)
+  restored = checkpointing.restore_latest(manager, abstract_state, config=config)
+  if restored is not None:
+    state, meta = restored
+    checkpointing.check_vocabulary(meta, vocab.fingerprint, len(vocab))
+    logging.info('resumed from step %d', int(state.step))
+  elif config.train.get('init_from'):
+    state = init_from_checkpoint(state, abstract_state, config, vocab)
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in flatten_config(config).items()})
+  total = config.train.num_steps
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+
+  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
+                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                    out_shardings=(state_shardings, sharding.replicated(mesh)),
+                    donate_argnums=(0,))
+  predict_fn = predict.make_predict_fn(model)
+  train_ds = pipelines.make_train_dataset(config.data, builder, vocab,
+                                          start_batch=start_step)
+  train_iter = pipelines.as_numpy(train_ds)
+
+  def meta():
+    return {'config': config.to_dict(), 'vocab_sha256': vocab.fingerprint,
+            'vocab_size': len(vocab),
+            # The data order is a function of (seed, step): resuming skips `step` batches.
+            'data': {'seed': config.data.seed, 'batches_per_process': int(state.step),
+                     'batch_size': config.data.batch_size}}
+
+  def run_eval(step):
+    out_dir = os.path.join(workdir, 'eval', f'step_{step}')
+    results = evaluation.evaluate_model(predict_fn, state.variables(), config, builder, vocab,
+                                        out_dir)
+    overall = results['overall']
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in overall.items()
+                                if isinstance(v, (int, float))})
+    logging.info('step %d evaluation:\n%s', step, evaluation.format_table(results))
+    return results
+
+  results = {}
+  history = []
+  t0, s0 = time.time(), start_step
+  with checkpointing.PreemptionGuard() as guard:
+    for step in range(start_step + 1, total + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch)
+      progress(step)
+      history.append(metrics)
+      if step % config.train.log_every == 0 or step == total:
+        scalars = {k: float(np.mean([m[k] for m in jax.device_get(history)])) for k in metrics}
+        history = []
+        check_finite(step, scalars)
+        writer.write_scalars(step, scalars)
+        rate = (step - s0) / max(time.time() - t0, 1e-9)
+        logging.info('step %d/%d  loss %.4f  %.2f steps/s  ETA %s', step, total,
+                     scalars['loss/total'], rate,
+                     time.strftime('%H:%M:%S', time.gmtime((total - step) / max(rate, 1e-9))))
+      checkpointing.save(manager, step, state, meta())
+      stop = checkpointing.should_stop(guard)
+      if stop or step == total:
+        checkpointing.save(manager, step, state, meta(), force=True)
+      if stop:
+        logging.warning('preemption requested: saved step %d, exiting', step)
+        manager.wait_until_finished()
+        return {}
+      if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
+        run_eval(step)
+  manager.wait_until_finished()
+  if total > 0 and config.train.get('final_eval', True):
+    results = run_eval(total)
+    if jax.process_index() == 0:
+      write_example_overlays(predict_fn, state.variables(), config, vocab,
+                             os.path.join(workdir, 'overlays'))
+  writer.flush()
+  return results
+
+
+def init_from_checkpoint(state: TrainState, abstract_state, config, vocab) -> TrainState:
+  """Fine-tuning (e.g. Refer-DAVIS17 from Refer-YouTube-VOS): parameters and BatchNorm
+  statistics from another run's latest checkpoint; step, optimizer state and rng start fresh."""
+  path = config.train.init_from
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.dirname(os.path.join(path, 'checkpoints', ''))
+  source = checkpointing.make_manager(os.path.dirname(os.path.abspath(path)), max_to_keep=1,
+                                      save_interval_steps=1)
+  restored = checkpointing.restore_latest(source, abstract_state, config=config)
+  if restored is None:
+    raise FileNotFoundError(f'config.train.init_from={config.train.init_from}: no checkpoint')
+  other, meta = restored
+  checkpointing.check_vocabulary(meta, vocab.fingerprint, len(vocab))
+  logging.info('initialised from %s (step %d)', path, int(other.step))
+  return state.replace(params=other.params, batch_stats=other.batch_stats)
+
+
+def write_example_overlays(predict_fn, variables, config, vocab, output_dir: str,
+                           per_kind: int = 1) -> list[str]:
+  """Overlays a person can look at: the first expressions of the eval split (for
+  refer_shapes, `per_kind` of each expression kind), segmented from the frames on disk."""
+  root = os.path.abspath(os.path.expanduser(config.data.root))
+  split = config.data.eval_split
+  meta = ytvos_layout.read_meta_expressions(ytvos_layout.meta_expressions_path(root, split))
+  kinds_path = os.path.join(os.path.dirname(ytvos_layout.meta_expressions_path(root, split)),
+                            'expression_kinds.json')
+  kinds = {}
+  if os.path.exists(kinds_path):
+    with open(kinds_path) as f:
+      kinds = json.load(f)['videos']
+  chosen, counts = [], {}
+  for video in sorted(meta):
+    for exp_id, exp in sorted(meta[video]['expressions'].items()):
+      kind = kinds.get(video, {}).get(exp_id, 'all')
+      if counts.get(kind, 0) < per_kind:
+        counts[kind] = counts.get(kind, 0) + 1
+        chosen.append((video, exp_id, exp['exp'], kind))
+  written = []
+  for video, exp_id, text, kind in chosen:
+    out = os.path.join(output_dir, f'{kind}_{video}_{exp_id}')
+    predict.predict_video(predict_fn, variables, config, vocab,
+                          os.path.join(root, split, 'JPEGImages', video), text, out)
+    written.append(out)
+  logging.info('wrote %d overlays under %s', len(written), output_dir)
+  return written
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str):
+  """(model, variables, vocab) of the latest checkpoint in workdir, strictly checked."""
+  workdir = os.path.abspath(workdir)
+  vocab_path = config.data.get('vocab_path') or os.path.join(workdir, 'vocab.txt')
+  if not os.path.exists(vocab_path):
+    raise FileNotFoundError(f'{vocab_path} does not exist: train in {workdir} first')
+  vocab = Vocabulary.load(vocab_path)
+  model = mlrl_sa.build_model(config.model, len(vocab))
+  mesh = sharding.make_mesh(config)
+  abstract_state, _ = abstract_train_state(config, model, make_optimizer(config), mesh)
+  manager = checkpointing.make_manager(workdir, max_to_keep=config.train.max_to_keep,
+                                       save_interval_steps=config.train.checkpoint_every)
+  restored = checkpointing.restore_latest(manager, abstract_state, config=config)
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: train first')
+  state, meta = restored
+  checkpointing.check_vocabulary(meta, vocab.fingerprint, len(vocab))
+  logging.info('restored step %d from %s', int(state.step), workdir)
+  return model, state.variables(), vocab
+
+
+def evaluate_checkpoint(config, workdir: str, output_dir: str | None = None) -> dict[str, Any]:
+  """`--mode eval`: J, F, J&F, prec@X of the latest checkpoint on config.data.eval_split."""
+  model, variables, vocab = restore_for_inference(config, workdir)
+  builder = builders.prepare(config.data)
+  output_dir = output_dir or os.path.join(os.path.abspath(workdir), 'eval', 'latest')
+  results = evaluation.evaluate_model(predict.make_predict_fn(model), variables, config,
+                                      builder, vocab, output_dir)
+  print(evaluation.format_table(results))
+  return results
+
+
+def predict_checkpoint(config, workdir: str, *, video=None, expression=None,
+                       output_dir=None) -> dict[str, Any]:
+  """`--mode predict`: one video + expression (masks and overlays), or the eval split as a
+  submission zip."""
+  model, variables, vocab = restore_for_inference(config, workdir)
+  return predict.predict_main(config, workdir, variables=variables, vocab=vocab, model=model,
+                              video=video, expression=expression, output_dir=output_dir)
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = flax.traverse_util.flatten_dict(config.to_dict(), sep='.')
+  return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}

@@ -1,0 +1,141 @@
+"""End to end through main.py: train + evaluate on 8 simulated CPU devices, then eval and predict
+of that checkpoint on 1 device, the error paths of a checkpoint that does not fit, and a run
+killed with SIGKILL that resumes to the same parameters as an uninterrupted one."""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import refer_shapes
+from rvos_jax import checkpointing, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(workdir, data_root, *flags, devices=1, timeout=600, **popen):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
+  cmd = [sys.executable, 'main.py', '--config', 'configs/refer_shapes.py:smoke',
+         f'--workdir={workdir}', f'--config.data.root={data_root}', *flags]
+  if popen:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  return proc.stdout + proc.stderr
+
+
+def smoke_config(data_root):
+  config = refer_shapes.get_config('smoke')
+  config.data.root = str(data_root)
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """One training step of train_and_evaluate on 8 simulated devices (batch 8, one clip each)."""
+  tmp = tmp_path_factory.mktemp('main')
+  workdir, data_root = tmp / 'work', tmp / 'data'
+  log = run_main(workdir, data_root, '--config.data.batch_size=8', '--config.train.num_steps=1',
+                 devices=8)
+  return workdir, data_root, log
+
+
+def test_train_and_evaluate_on_8_devices(trained):
+  workdir, data_root, log = trained
+  assert 'step 1/1' in log
+  results = json.loads((workdir / 'eval' / 'step_1' / 'results.json').read_text())
+  assert set(results['overall']) >= {'J', 'F', 'J&F', 'prec@0.5', 'prec@0.9'}
+  assert set(results['per_kind']) <= {'appearance', 'motion', 'position', 'occluded'}
+  assert results['per_kind'], 'refer_shapes reports J per expression kind'
+  assert (workdir / 'vocab.txt').exists()
+  assert list((workdir / 'checkpoints').glob('1')), 'final checkpoint at step 1'
+  assert list(workdir.glob('events.out.tfevents.*')), 'TensorBoard event file'
+  overlays = sorted((workdir / 'overlays').iterdir())
+  assert overlays and all((o / 'overlay.gif').exists() for o in overlays)
+
+
+def test_eval_and_predict_restore_onto_one_device(trained, tmp_path):
+  """The 8-device checkpoint restores in this 1-device process; eval and predict modes."""
+  workdir, data_root, _ = trained
+  config = smoke_config(data_root)
+  results = train.evaluate_checkpoint(config, str(workdir), output_dir=str(tmp_path / 'eval'))
+  step1 = json.loads((workdir / 'eval' / 'step_1' / 'results.json').read_text())
+  for key in ('J', 'F', 'J&F'):  # same parameters, same data: same numbers
+    assert results['overall'][key] == pytest.approx(step1['overall'][key], abs=1e-6)
+
+  video = sorted((data_root / 'valid' / 'JPEGImages').iterdir())[0]
+  out = train.predict_checkpoint(config, str(workdir), video=str(video),
+                                 expression='the red square moving left',
+                                 output_dir=str(tmp_path / 'pred'))
+  n = len(list(video.iterdir()))
+  assert out['num_frames'] == n and len(list((tmp_path / 'pred' / 'masks').iterdir())) == n
+  assert (tmp_path / 'pred' / 'overlay.gif').exists()
+
+
+def test_checkpoint_from_another_config_is_refused(trained):
+  workdir, data_root, _ = trained
+  config = smoke_config(data_root)
+  config.model.hidden_dim = 96
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r'model\.hidden_dim'):
+    train.restore_for_inference(config, str(workdir))
+
+
+def test_vocabulary_that_does_not_match_is_refused(trained, tmp_path):
+  workdir, data_root, _ = trained
+  import shutil  # noqa: PLC0415
+  copy = tmp_path / 'work'
+  shutil.copytree(workdir, copy)
+  tokens = (copy / 'vocab.txt').read_text().split('\n')
+  tokens[2], tokens[3] = tokens[3], tokens[2]
+  (copy / 'vocab.txt').write_text('\n'.join(tokens))
+  with pytest.raises(checkpointing.CheckpointMismatchError, match='vocab'):
+    train.restore_for_inference(smoke_config(data_root), str(copy))
+
+
+def _final_params(workdir, data_root):
+  config = smoke_config(data_root)
+  _, variables, _ = train.restore_for_inference(config, str(workdir))
+  return jax.device_get(variables)
+
+
+def test_sigkill_and_resume_gives_the_same_parameters(tmp_path):
+  """A run killed with SIGKILL at a random step and restarted ends bit-for-bit where an
+  uninterrupted run ends (same data order, same dropout noise, same XLA program on CPU)."""
+  steps = 8
+  flags = (f'--config.train.num_steps={steps}', '--config.train.final_eval=False',
+           '--config.train.checkpoint_every=1', '--config.train.log_every=1')
+  data_root = tmp_path / 'data'
+  run_main(tmp_path / 'straight', data_root, *flags)
+
+  kill_at = random.Random(os.getpid()).randint(2, steps - 2)
+  proc = run_main(tmp_path / 'killed', data_root, *flags, popen=True)
+  deadline = time.time() + 600
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    m = re.search(r'step (\d+)/', line)
+    if m and int(m.group(1)) >= kill_at:
+      proc.send_signal(signal.SIGKILL)
+      break
+    assert time.time() < deadline, ''.join(seen[-50:])
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, ''.join(seen[-50:])
+  log = run_main(tmp_path / 'killed', data_root, *flags)
+  assert 'resumed from step' in log
+
+  a = _final_params(tmp_path / 'straight', data_root)
+  b = _final_params(tmp_path / 'killed', data_root)
+  flat_a, flat_b = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+  assert len(flat_a) == len(flat_b)
+  for (path, x), (_, y) in zip(flat_a, flat_b, strict=True):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))

@@ -1,0 +1,143 @@
+"""Training pieces: the optimizer's two learning rates, the step, the NaN check, and the
+backbone initialisation from a ported checkpoint (config.model.backbone_init)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import refer_shapes
+from rvos_jax import losses, porting, sharding, train
+from rvos_jax.models import mlrl_sa, resnet
+
+
+def tiny_config():
+  config = refer_shapes.get_smoke_config()
+  config.data.height, config.data.width, config.data.num_frames, config.data.max_words = (
+      32, 48, 2, 5)
+  config.model.hidden_dim, config.model.decoder_dim = 24, 8
+  config.model.text_ffn_dim = 16
+  config.model.backbone_width = 0.125
+  config.optim.backbone_learning_rate, config.optim.learning_rate = 1e-3, 1e-2
+  config.optim.warmup_steps = 2
+  config.train.num_steps = 10
+  return config
+
+
+def make_batch(config, b=2, seed=0):
+  d = config.data
+  rng = np.random.default_rng(seed)
+  masks = np.zeros((b, d.num_frames, d.height, d.width), np.float32)
+  masks[:, :, 8:20, 10:30] = 1.0
+  batch = dict(
+      frames=rng.uniform(size=(b, d.num_frames, d.height, d.width, 3)).astype(np.float32),
+      tokens=rng.integers(2, 20, size=(b, d.max_words)).astype(np.int32),
+      token_mask=np.ones((b, d.max_words), bool), masks=masks, object_masks=masks,
+      frame_valid=np.ones((b, d.num_frames), bool))
+  batch['boundary'] = np.asarray(losses.boundary_target(jnp.asarray(masks)))
+  return batch
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = tiny_config()
+  config.model.frozen_bn = True  # the paper's default
+  model = mlrl_sa.build_model(config.model, vocab_size=20)
+  tx = train.make_optimizer(config)
+  mesh = sharding.make_mesh(config)
+  state, shardings = train.create_train_state(config, model, tx, mesh, jax.random.PRNGKey(0))
+  return config, model, tx, mesh, state
+
+
+def test_learning_rate_schedule():
+  config = tiny_config()
+  sched = train.learning_rate_schedule(1.0, config)
+  assert float(sched(0)) == 0.0 and float(sched(2)) == pytest.approx(1.0)
+  assert float(sched(10)) == pytest.approx(config.optim.final_lr_fraction)
+  config.optim.schedule = 'step'
+  with pytest.raises(ValueError, match='schedule'):
+    train.learning_rate_schedule(1.0, config)
+
+
+def test_two_learning_rates_and_decay_mask(setup):
+  """The backbone moves with backbone_learning_rate, the rest with learning_rate: with Adam's
+  first step the update of every weight is ~lr (normalised), so the ratio shows the group."""
+  config, model, tx, mesh, state = setup
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  opt_state = tx.init(state.params)
+  for _ in range(3):  # past the 2 warmup steps
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+  bb = np.abs(np.asarray(updates['backbone']['conv1']['kernel'])).mean()
+  rest = np.abs(np.asarray(updates['reduce']['kernel'])).mean()
+  assert rest / bb == pytest.approx(10.0, rel=0.05), (bb, rest)
+  # Weight decay only on kernels: with zero gradients, biases do not move and kernels decay.
+  zero = jax.tree.map(jnp.zeros_like, state.params)
+  opt_state = tx.init(state.params)
+  for _ in range(3):
+    updates, opt_state = tx.update(zero, opt_state, state.params)
+  assert np.abs(np.asarray(updates['reduce']['bias'])).max() == 0.0
+  assert np.abs(np.asarray(updates['reduce']['kernel'])).max() > 0.0
+  assert train.parameter_group(('backbone', 'conv1', 'kernel')) == 'backbone'
+  assert train.parameter_group(('reduce', 'kernel')) == 'rest'
+
+
+def test_train_step_fits_a_batch(setup):
+  config, model, tx, mesh, state0 = setup
+  batch = sharding.global_batch(make_batch(config), mesh)
+  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, config=config))
+  losses, state = [], state0
+  for _ in range(8):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss/total']))
+  assert int(state.step) == 8
+  # Frozen BatchNorm: no gradient, no optimizer state, statistics unchanged by training.
+  assert 'bn1' not in state.params['backbone'] and 'bn1' in state.batch_stats['backbone']
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, state0.batch_stats)
+  assert losses[-1] < 0.8 * losses[0], losses
+  assert set(metrics) >= {'loss/total', 'loss/object', 'loss/boundary', 'loss/confidence',
+                          'grad_norm', 'lr/backbone', 'lr/rest'}
+  parts = train.eval_step(state, batch, model=model, config=config)
+  assert 0.0 <= float(parts['iou']) <= 1.0
+
+
+def test_nan_check_names_the_step():
+  train.check_finite(3, {'loss/total': 1.0})
+  with pytest.raises(FloatingPointError, match=r'step 7.*loss/total'):
+    train.check_finite(7, {'loss/total': float('nan'), 'grad_norm': 1.0})
+
+
+def test_backbone_init_from_config(tmp_path):
+  """config.model.backbone_init loads a ported backbone strictly into the train state."""
+  config = tiny_config()
+  config.model.frozen_bn = True
+  depth, width = config.model.backbone_depth, config.model.backbone_width
+  bare = resnet.ResNet(depth, width)
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = bare.init(jax.random.PRNGKey(1), x)
+  variables = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape),
+                           variables)
+  porting.save_backbone_checkpoint(porting.merge_collections(variables), tmp_path / 'ported',
+                                   {'depth': depth})
+  config.model.backbone_init = str(tmp_path / 'ported')
+  model = mlrl_sa.build_model(config.model, vocab_size=20)
+  tx = train.make_optimizer(config)
+  mesh = sharding.make_mesh(config)
+  state, _ = train.create_train_state(config, model, tx, mesh, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(state.params['backbone']['conv1']['kernel'],
+                                variables['params']['conv1']['kernel'])
+  np.testing.assert_array_equal(state.batch_stats['backbone']['layer1']['0']['bn1']['var'],
+                                variables['batch_stats']['layer1']['0']['bn1']['var'])
+  # A checkpoint of another backbone is refused, naming a leaf and both shapes.
+  config.model.backbone_width = 0.25
+  model = mlrl_sa.build_model(config.model, vocab_size=20)
+  with pytest.raises(porting.PortError, match=r'conv1\.kernel.*\(7, 7, 3, 8\).*\(7, 7, 3, 16\)'):
+    train.create_train_state(config, model, train.make_optimizer(config), mesh,
+                             jax.random.PRNGKey(0))
+
+
+def test_optimizer_state_is_sharded_like_params(setup):
+  config, model, tx, mesh, state = setup
+  for leaf in jax.tree.leaves(state):
+    assert leaf.sharding.is_equivalent_to(sharding.replicated(mesh), leaf.ndim)
+  assert isinstance(state.opt_state, tuple) and optax.tree.norm(state.params) > 0
