@@ -113,10 +113,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: mlrl_sa.MLRLSA,
   every leaf straight into its sharding. The backbone comes from `config.model.backbone_init`
   when set. Returns (state, state_shardings)."""
   init_rng, state_rng = jax.random.split(rng)
-  init = _init_fn(config, model, tx, state_rng)
-  shardings = sharding.state_shardings(jax.eval_shape(init, init_rng), mesh)
-  state = jax.jit(init, out_shardings=shardings)(init_rng)
-  if config.model.get('backbone_init'):
+  _, shardings = abstract_train_state(config, model, tx, mesh)
+  state = jax.jit(_init_fn(config, model, tx, state_rng), out_shardings=shardings)(init_rng)
+  if config.model.backbone_init:
     # Strict: a missing/extra leaf or a shape mismatch raises porting.PortError.
     variables = porting.load_backbone_checkpoint(
         state.variables(), config.model.backbone_init, subtree=BACKBONE)
@@ -215,9 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   manager = checkpointing.make_manager(workdir, max_to_keep=config.train.max_to_keep,
                                        save_interval_steps=config.train.checkpoint_every)
-  abstract_state = jax.tree.map(lambda x, s: x.update(sharding=s) if hasattr(x, 'update') else
-                                jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                jax.eval_shape(lambda: state), state_shardings)
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = checkpointing.restore_latest(manager, abstract_state, config=config)
   if restored is not None:
     state, meta = restored

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,7 +93,6 @@ def test_checkpoint_from_another_config_is_refused(trained):
 
 def test_vocabulary_that_does_not_match_is_refused(trained, tmp_path):
   workdir, data_root, _ = trained
-  import shutil  # noqa: PLC0415
   copy = tmp_path / 'work'
   shutil.copytree(workdir, copy)
   tokens = (copy / 'vocab.txt').read_text().split('\n')

@@ -138,7 +138,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       decoder_dim=c.decoder_dim,
       backbone_depth=c.backbone_depth,
       backbone_width=c.backbone_width,
-      backbone_output_stride=c.get('backbone_output_stride', 32),
+      backbone_output_stride=c.backbone_output_stride,
       frozen_bn=c.frozen_bn,
       use_video_level=c.use_video_level,
       use_frame_level=c.use_frame_level,

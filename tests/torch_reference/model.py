@@ -248,9 +248,9 @@ class MLRLSA(nn.Module):
   STD = (0.229, 0.224, 0.225)
 
   def __init__(self, vocab_size, hidden_dim=384, decoder_dim=256, backbone_depth=50,
-               backbone_width=1.0, backbone_output_stride=32, use_video_level=True, use_frame_level=True,
-               use_object_level=True, object_encoder='video', alignment='dsa', text_layers=2,
-               text_heads=8, text_ffn_dim=1536):
+               backbone_width=1.0, backbone_output_stride=32, use_video_level=True,
+               use_frame_level=True, use_object_level=True, object_encoder='video',
+               alignment='dsa', text_layers=2, text_heads=8, text_ffn_dim=1536):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
