@@ -323,50 +323,6 @@ def format_table(results: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# CLI.
-# ------------------------------------------------------------------------------------------------
-
-
-def define_flags() -> None:
-  """CLI flags; defined only when run as a script, so importing this module adds no flags."""
-  flags.DEFINE_string('predictions', None, '<predictions>/<video>/<exp_id>/<frame>.png folder.')
-  flags.DEFINE_string('annotations', None, '<annotations>/<video>/<frame>.png folder.')
-  flags.DEFINE_string('meta_expressions', None, 'meta_expressions.json.')
-  flags.DEFINE_string('output_json', None, 'Write the results JSON here.')
-  flags.DEFINE_bool('annotator_average', False,
-                    'Ref-DAVIS17: exp ids 4k..4k+3 = annotator 1 first/full, annotator 2 '
-                    'first/full; report per annotator and their average.')
-  flags.DEFINE_bool('missing_as_empty', False,
-                    'Score a missing prediction of an annotated frame as an empty mask '
-                    'instead of failing.')
-  flags.DEFINE_float('bound_th', metrics.DEFAULT_BOUND_TH,
-                     'F boundary tolerance: fraction of the image diagonal (<1) or pixels (>=1).')
-  flags.mark_flags_as_required(['predictions', 'annotations', 'meta_expressions'])
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  try:
-    results = evaluate_folder(
-        f.predictions, f.annotations, f.meta_expressions,
-        annotator_average=f.annotator_average, missing_as_empty=f.missing_as_empty,
-        bound_th=f.bound_th)
-  except EvaluationError as err:
-    sys.exit(f'error: {err}')
-  print(format_table(results))
-  if f.output_json:
-    write_json(results, f.output_json)
-    print(f'results written to {f.output_json}')
-
-
-if __name__ == '__main__':
-  define_flags()
-  app.run(main)
-
-
-# ------------------------------------------------------------------------------------------------
 # Model evaluation (periodic evaluation in training, --mode eval): predict, then score.
 # ------------------------------------------------------------------------------------------------
 
@@ -411,3 +367,47 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
                100 * overall['J'], 100 * overall['F'], 100 * overall['J&F'],
                overall['num_expressions'], output_dir)
   return results
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI.
+# ------------------------------------------------------------------------------------------------
+
+
+def define_flags() -> None:
+  """CLI flags; defined only when run as a script, so importing this module adds no flags."""
+  flags.DEFINE_string('predictions', None, '<predictions>/<video>/<exp_id>/<frame>.png folder.')
+  flags.DEFINE_string('annotations', None, '<annotations>/<video>/<frame>.png folder.')
+  flags.DEFINE_string('meta_expressions', None, 'meta_expressions.json.')
+  flags.DEFINE_string('output_json', None, 'Write the results JSON here.')
+  flags.DEFINE_bool('annotator_average', False,
+                    'Ref-DAVIS17: exp ids 4k..4k+3 = annotator 1 first/full, annotator 2 '
+                    'first/full; report per annotator and their average.')
+  flags.DEFINE_bool('missing_as_empty', False,
+                    'Score a missing prediction of an annotated frame as an empty mask '
+                    'instead of failing.')
+  flags.DEFINE_float('bound_th', metrics.DEFAULT_BOUND_TH,
+                     'F boundary tolerance: fraction of the image diagonal (<1) or pixels (>=1).')
+  flags.mark_flags_as_required(['predictions', 'annotations', 'meta_expressions'])
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  try:
+    results = evaluate_folder(
+        f.predictions, f.annotations, f.meta_expressions,
+        annotator_average=f.annotator_average, missing_as_empty=f.missing_as_empty,
+        bound_th=f.bound_th)
+  except EvaluationError as err:
+    sys.exit(f'error: {err}')
+  print(format_table(results))
+  if f.output_json:
+    write_json(results, f.output_json)
+    print(f'results written to {f.output_json}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
