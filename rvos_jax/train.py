@@ -195,10 +195,6 @@ def load_or_build_vocabulary(workdir: str, builder, config):
   return built
 
 
-def _scalars(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from the latest checkpoint in workdir), evaluates periodically and at the
   end, and returns the final evaluation results."""
@@ -221,13 +217,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, meta = restored
     checkpointing.check_vocabulary(meta, vocab.fingerprint, len(vocab))
     logging.info('resumed from step %d', int(state.step))
-  elif config.train.get('init_from'):
+  elif config.train.init_from:
     state = init_from_checkpoint(state, abstract_state, config, vocab)
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in flatten_config(config).items()})
+    writer.write_hparams(flatten_config(config))
   total = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
 
@@ -240,11 +236,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                           start_batch=start_step)
   train_iter = pipelines.as_numpy(train_ds)
 
-  def meta():
-    return {'config': config.to_dict(), 'vocab_sha256': vocab.fingerprint,
+  config_dict = config.to_dict()
+
+  def meta(step):
+    # Built from the Python step: reading state.step would wait for the device every step.
+    return {'config': config_dict, 'vocab_sha256': vocab.fingerprint,
             'vocab_size': len(vocab),
             # The data order is a function of (seed, step): resuming skips `step` batches.
-            'data': {'seed': config.data.seed, 'batches_per_process': int(state.step),
+            'data': {'seed': config.data.seed, 'batches_per_process': step,
                      'batch_size': config.data.batch_size}}
 
   def run_eval(step):
@@ -276,10 +275,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info('step %d/%d  loss %.4f  %.2f steps/s  ETA %s', step, total,
                      scalars['loss/total'], rate,
                      time.strftime('%H:%M:%S', time.gmtime((total - step) / max(rate, 1e-9))))
-      checkpointing.save(manager, step, state, meta())
+      checkpointing.save(manager, step, state, meta(step))
       stop = checkpointing.should_stop(guard)
       if stop or step == total:
-        checkpointing.save(manager, step, state, meta(), force=True)
+        checkpointing.save(manager, step, state, meta(step), force=True)
       if stop:
         logging.warning('preemption requested: saved step %d, exiting', step)
         manager.wait_until_finished()
@@ -287,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
         run_eval(step)
   manager.wait_until_finished()
-  if total > 0 and config.train.get('final_eval', True):
+  if total > 0 and config.train.final_eval:
     results = run_eval(total)
     if jax.process_index() == 0:
       write_example_overlays(predict_fn, state.variables(), config, vocab,

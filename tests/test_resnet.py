@@ -14,9 +14,10 @@ from rvos_jax.models import resnet
 from tests.torch_reference import resnet as torch_resnet
 
 
-def _torch_model(depth: int, width_multiplier: float, seed: int = 0) -> torch_resnet.ResNet:
+def _torch_model(depth: int, width_multiplier: float, seed: int = 0,
+                 **kwargs) -> torch_resnet.ResNet:
   torch.manual_seed(seed)
-  model = torch_resnet.ResNet(depth, width_multiplier)
+  model = torch_resnet.ResNet(depth, width_multiplier, **kwargs)
   torch_resnet.randomize_batch_norm_(model, torch.Generator().manual_seed(seed + 1))
   return model.eval()
 
@@ -50,6 +51,19 @@ def _torch_features(model: torch.nn.Module, x_nhwc: np.ndarray) -> dict[str, np.
   with torch.no_grad():
     out = model(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2))
   return {k: v.permute(0, 2, 3, 1).numpy() for k, v in out.items()}
+
+
+def _check_forward(model: torch.nn.Module, flax_model: resnet.ResNet, shape, label: str,
+                   seed: int = 0):
+  """Ports `model`, runs both on the same random input, compares res2..res5; returns the
+  Flax variables and features."""
+  variables = _port(model, flax_model, shape)
+  x = _inputs(shape, seed)
+  got = jax.jit(flax_model.apply)(variables, x)
+  ref = _torch_features(model, x)
+  for name in resnet.FEATURE_NAMES:
+    _assert_close(f'{label} {name}', got[name], ref[name])
+  return variables, got
 
 
 def test_feature_channels_and_paper_shapes():
@@ -91,34 +105,20 @@ def test_variable_names_match_torchvision_keys(depth, width_multiplier):
 @pytest.mark.parametrize('depth,width_multiplier', [(50, 1.0), (18, 0.25)])
 def test_forward_parity(depth, width_multiplier):
   shape = (2, 67, 93, 3)  # not multiples of 32: exercises every padding / ceil
-  model = _torch_model(depth, width_multiplier)
-  flax_model = resnet.ResNet(depth, width_multiplier)
-  variables = _port(model, flax_model, shape)
-  x = _inputs(shape)
-  got = jax.jit(flax_model.apply)(variables, x)
-  ref = _torch_features(model, x)
-  for name in resnet.FEATURE_NAMES:
-    _assert_close(f'ResNet-{depth} x{width_multiplier} {name}', got[name], ref[name])
+  _check_forward(_torch_model(depth, width_multiplier), resnet.ResNet(depth, width_multiplier),
+                 shape, f'ResNet-{depth} x{width_multiplier}')
 
 
 @pytest.mark.parametrize('depth,output_stride', [(18, 8), (50, 16), (50, 8)])
 def test_dilated_output_stride_parity(depth, output_stride):
   """output_stride 16 / 8 = torchvision's replace_stride_with_dilation for layer4 / layer3+4."""
   shape = (1, 67, 93, 3)
-  torch.manual_seed(0)
   width = 0.25 if depth == 18 else 0.5
   dilate = (False, output_stride == 8, True)
-  model = torch_resnet.ResNet(depth, width, replace_stride_with_dilation=dilate)
-  torch_resnet.randomize_batch_norm_(model, torch.Generator().manual_seed(1))
-  model.eval()
-  flax_model = resnet.ResNet(depth, width, output_stride=output_stride)
-  variables = _port(model, flax_model, shape)
-  x = _inputs(shape)
-  got = jax.jit(flax_model.apply)(variables, x)
-  ref = _torch_features(model, x)
+  model = _torch_model(depth, width, replace_stride_with_dilation=dilate)
+  variables, got = _check_forward(model, resnet.ResNet(depth, width, output_stride=output_stride),
+                                  shape, f'ResNet-{depth} OS{output_stride}')
   assert got['res5'].shape[1:3] == (-(-67 // output_stride), -(-93 // output_stride))
-  for name in resnet.FEATURE_NAMES:
-    _assert_close(f'ResNet-{depth} OS{output_stride} {name}', got[name], ref[name])
   # Same parameter tree as the undilated network: ported weights load unchanged.
   plain = jax.eval_shape(resnet.ResNet(depth, width).init, jax.random.key(0), jnp.zeros(shape))
   assert jax.tree.structure(plain) == jax.tree.structure(variables)
@@ -186,11 +186,5 @@ def test_gradient_parity_frozen_bn(depth, width_multiplier):
 @pytest.mark.slow
 def test_forward_parity_resnet50_paper_size():
   shape = (1, 240, 432, 3)
-  model = _torch_model(50, 1.0, seed=7)
-  flax_model = resnet.ResNet(50)
-  variables = _port(model, flax_model, shape)
-  x = _inputs(shape, seed=7)
-  got = jax.jit(flax_model.apply)(variables, x)
-  ref = _torch_features(model, x)
-  for name in resnet.FEATURE_NAMES:
-    _assert_close(f'ResNet-50 240x432 {name}', got[name], ref[name])
+  _check_forward(_torch_model(50, 1.0, seed=7), resnet.ResNet(50), shape, 'ResNet-50 240x432',
+                 seed=7)
