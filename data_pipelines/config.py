@@ -52,6 +52,13 @@ def get_data_config() -> ml_collections.ConfigDict:
   # x[1-0.4s, 1+0.4s], hue +-0.05s; one draw per clip so the video stays consistent. 0 = off.
   c.photometric_strength = 0.5
 
+  # Expressions per sampled clip: k > 1 draws k expressions (distinct where the video has as
+  # many) for one window of frames and keeps them next to each other in the batch. The same
+  # frames then appear with different targets, so masking every candidate object (the hedge
+  # Dice rewards while the language is still ignored) stops paying: only grounding lowers the
+  # loss of both. batch_size must be a multiple of k. 1 = independent (video, expression) draws.
+  c.expressions_per_clip = 1
+
   # tf.data knobs. shuffle_buffer counts (video, expression) samples.
   c.shuffle_buffer = 512
   c.seed = 0

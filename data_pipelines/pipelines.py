@@ -102,8 +102,31 @@ def _expand_expressions(record, excluded: tf.lookup.StaticHashTable | None):
   return ds
 
 
+def _expression_group(record, index, excluded, k: int, config):
+  """Video record -> k (video, expression) elements sharing one window of frames: k distinct
+  expressions drawn at random (with repeats only when the video has fewer than k)."""
+  record = _select_training_frames(record, index, config)
+  e = record['expressions']
+  keep = tf.ones_like(e['exp_id'], tf.bool)
+  if excluded is not None:
+    keys = tf.strings.join([tf.fill(tf.shape(e['exp_id']), record['video']), e['exp_id']], '/')
+    keep = tf.equal(excluded.lookup(keys), 0)
+  per_exp = {key: tf.boolean_mask(e[key], keep) for key in ('exp_id', 'exp', 'obj_id')}
+  n = tf.shape(per_exp['exp_id'])[0]
+  order = tf.argsort(tf.random.stateless_uniform(
+      [n], tf.stack([tf.cast(config.seed, tf.int64) + 104729, index])))
+  pick = tf.gather(order, tf.range(k) % tf.maximum(n, 1))
+  shared = {key: record[key] for key in ('video', 'frames', 'masks', 'frame_names', 'height',
+                                         'width', 'frame_index')}
+  ds = tf.data.Dataset.from_tensor_slices({key: tf.gather(v, pick) for key, v in per_exp.items()})
+  ds = ds.map(lambda x: {**shared, **x})
+  # A video whose expressions were all excluded yields nothing.
+  return ds.take(tf.cast(tf.minimum(n, 1), tf.int64) * k)
+
+
 def _select_training_frames(ex, index, config):
-  """Keeps only the T sampled frames' bytes (so the shuffle buffer holds clips, not videos)."""
+  """Keeps only the T sampled frames' bytes (so the shuffle buffer holds clips, not videos).
+  `ex` is a (video, expression) element or a whole video record."""
   seed = tf.stack([tf.cast(config.seed, tf.int64), index])
   num = tf.shape(ex['frames'])[0]
   idx, _ = clip_ops.sample_frame_indices(num, config.num_frames, config.frame_stride,
@@ -162,6 +185,10 @@ def _check_config(config):
   for f in ('num_frames', 'height', 'width', 'max_words', 'batch_size'):
     if int(config[f]) <= 0:
       raise ValueError(f'config.data.{f} must be positive, got {config[f]}')
+  k = int(config.get('expressions_per_clip', 1))
+  if k < 1 or config.batch_size % k:
+    raise ValueError(f'config.data.expressions_per_clip={k} must be >= 1 and divide '
+                     f'config.data.batch_size={config.batch_size}')
 
 
 def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabulary, *,
@@ -190,10 +217,16 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
   # Whole videos are large: shuffle them in a small buffer, cut each expression's clip down to
   # its T frames, then shuffle those clips in the big buffer.
   ds = ds.shuffle(max(1, config.shuffle_buffer // 8), seed=config.seed)
-  ds = ds.flat_map(lambda r: _expand_expressions(r, excluded))
-  ds = ds.enumerate().map(lambda i, ex: _select_training_frames(ex, i, config),
-                          num_parallel_calls=AUTOTUNE, deterministic=True)
-  ds = ds.shuffle(config.shuffle_buffer, seed=config.seed + 1)
+  k = int(config.get('expressions_per_clip', 1))
+  if k == 1:
+    ds = ds.flat_map(lambda r: _expand_expressions(r, excluded))
+    ds = ds.enumerate().map(lambda i, ex: _select_training_frames(ex, i, config),
+                            num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.shuffle(config.shuffle_buffer, seed=config.seed + 1)
+  else:
+    # Groups of k expressions on one window are shuffled as units, so they stay adjacent.
+    ds = ds.enumerate().flat_map(lambda i, r: _expression_group(r, i, excluded, k, config))
+    ds = ds.batch(k).shuffle(max(1, config.shuffle_buffer // k), seed=config.seed + 1).unbatch()
 
   def process(index, ex):
     seeds = tf.random.experimental.stateless_split(

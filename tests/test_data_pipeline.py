@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from data_pipelines import pipelines
@@ -112,6 +113,31 @@ def test_resume_continues_the_stream(tiny_root, tiny_builder, tiny_vocab):
   for x, y in zip(full[7:], resumed, strict=True):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_expressions_per_clip_pairs_targets_on_the_same_frames(tiny_root, tiny_builder,
+                                                               tiny_vocab):
+  """expressions_per_clip=2: neighbours in a batch show one window of one video with two
+  different expressions, each with its own object's mask; every video is used once an epoch."""
+  config = tiny_config(tiny_root, expressions_per_clip=2, batch_size=4, flip_prob=0.0,
+                       photometric_strength=0.0)
+  ds = pipelines.make_train_dataset(config, tiny_builder, tiny_vocab, process_index=0,
+                                    process_count=1, repeat=False)
+  meta, videos = _meta(tiny_root), []
+  for x in pipelines.as_numpy(ds):
+    for a in (0, 2):
+      b = a + 1
+      assert x['video'][a] == x['video'][b]
+      np.testing.assert_array_equal(x['frame_index'][a], x['frame_index'][b])
+      np.testing.assert_allclose(x['frames'][a], x['frames'][b])
+      assert x['exp_id'][a] != x['exp_id'][b] and x['obj_id'][a] != x['obj_id'][b]
+      assert (x['masks'][a] * x['masks'][b]).sum() == 0  # two objects, two targets
+      assert x['masks'][a].sum() > 0 and x['masks'][b].sum() > 0
+      videos.append(x['video'][a].decode())
+  assert len(videos) == len(set(videos)) >= len(meta) - 1  # drop_remainder may cut one pair
+  with pytest.raises(ValueError, match='expressions_per_clip'):
+    pipelines.make_train_dataset(tiny_config(tiny_root, expressions_per_clip=3, batch_size=4),
+                                 tiny_builder, tiny_vocab, process_index=0, process_count=1)
 
 
 def test_batch_layout(tiny_root, tiny_builder, tiny_vocab):
