@@ -3,15 +3,20 @@
   python main.py --config configs/ablations.py:refer_shapes,no_video_level --workdir W
   python main.py --config configs/ablations.py:default,frames_4 --workdir W
 
-The argument is '<base>,<variant>' with base 'default' (the paper's setting) or
-'refer_shapes' (the embedded default), and variant one of VARIANTS.
+The argument is '<base>,<variant>' with base 'default' (the paper's setting), 'refer_shapes'
+(the embedded default) or 'refer_shapes_smoke' (its seconds-long smoke version, for tests of
+benchmarks/ablations.py), and variant one of VARIANTS.
 """
 
 import ml_collections
 
 from configs import default, refer_shapes
 
-BASES = {'default': default.get_config, 'refer_shapes': refer_shapes.get_config}
+BASES = {
+    'default': default.get_config,
+    'refer_shapes': refer_shapes.get_config,
+    'refer_shapes_smoke': refer_shapes.get_smoke_config,
+}
 
 VARIANTS = {
     'full': {},
