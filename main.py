@@ -26,6 +26,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Multi-host runs (Slurm, TPU pod slices, config.distributed) join jax.distributed before
+  # anything creates a JAX backend: afterwards initialize() would fail.
+  from rvos_jax import sharding  # noqa: PLC0415
+  sharding.initialize_distributed(FLAGS.config)
   # tf.data only feeds the host: keep TensorFlow off the accelerators JAX uses.
   import tensorflow as tf  # noqa: PLC0415
   tf.config.set_visible_devices([], 'GPU')

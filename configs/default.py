@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   optim.learning_rate = 1e-4
   optim.weight_decay = 1e-4  # not on biases and normalisation scales
   optim.b1, optim.b2 = 0.9, 0.999
+  # Adam's epsilon (optax's and PyTorch's default). A parameter whose exact gradient is 0 (a conv
+  # bias before a GroupNorm) receives rounding noise, which Adam turns into steps of up to lr:
+  # such parameters differ between device counts (tests/test_scale_out.py raises eps to compare).
+  optim.eps = 1e-8
   optim.schedule = 'cosine'  # after warmup: 'cosine' (to final_lr_fraction) or 'constant'
   optim.warmup_steps = 1000
   optim.final_lr_fraction = 0.1
@@ -67,6 +71,34 @@ def get_config() -> ml_collections.ConfigDict:
   train.final_eval = True  # evaluate (and write overlays) after the last step
   # Start from another run's parameters (fine-tuning): its workdir or checkpoints/ dir.
   train.init_from = ''
+
+  # Devices (rvos_jax/sharding.py, README "Scaling out"). A (data, model) mesh over all devices
+  # of all processes; -1 = the devices the other axis leaves. The batch is split over both axes
+  # (every device gets distinct clips); 'model' also shards large parameters and their Adam
+  # moments (FSDP), 'data' replicates them. model=1: plain data parallelism.
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1
+  mesh.model = 1
+  config.sharding = shard = ml_collections.ConfigDict()
+  # Parameters (and batch statistics) under this many bytes stay replicated; larger ones are
+  # split over 'model' on their largest dimension divisible by its size. At the paper's setting
+  # 256 KiB leaves 0.6% of the parameter bytes replicated (1 MiB would leave 16%) and spares the
+  # biases and normalisation vectors an all-gather each, for nothing.
+  shard.min_bytes = 1 << 18
+  # Overrides, first match wins: (regex searched in the '/'-joined parameter path, spec), e.g.
+  # (('^text_.*/embedding$', ('model', None)), ('^backbone/conv1/', ())); () = replicated.
+  shard.rules = ()
+
+  # Multi-host start-up (rvos_jax.sharding.initialize_distributed): 'auto' initializes
+  # jax.distributed when the fields below or the environment (Slurm srun, Open MPI, GKE TPU,
+  # JAX_COORDINATOR_ADDRESS) say there are several processes; 'always' (Cloud TPU pod slices:
+  # JAX finds the rest) or 'never'. ''/0/-1 = left to JAX's detection.
+  config.distributed = dist = ml_collections.ConfigDict()
+  dist.initialize = 'auto'
+  dist.coordinator_address = ''  # 'host:port' of process 0
+  dist.num_processes = 0
+  dist.process_id = -1
+  dist.initialization_timeout = 300  # seconds to wait for every process to join
 
   config.seed = 0
   return config

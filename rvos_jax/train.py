@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
 from data_pipelines import builders, pipelines, ytvos_layout
 from data_pipelines.vocabulary import Vocabulary
@@ -73,7 +74,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
   def adamw(lr):
     return optax.adamw(learning_rate_schedule(lr, config), b1=o.b1, b2=o.b2,
-                       weight_decay=o.weight_decay,
+                       eps=o.get('eps', 1e-8), weight_decay=o.weight_decay,
                        mask=lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
 
   labels = lambda params: flax.traverse_util.path_aware_map(
@@ -102,7 +103,7 @@ def abstract_train_state(config, model, tx, mesh):
   """The train state's shapes, dtypes and shardings, without computing anything."""
   init = _init_fn(config, model, tx, jax.random.PRNGKey(0))
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  shardings = sharding.state_shardings(abstract, mesh)
+  shardings = sharding.state_shardings(abstract, mesh, config)
   return jax.tree.map(lambda a, s: a.update(sharding=s), abstract, shardings), shardings
 
 
@@ -157,6 +158,19 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: mlrl
   return new_state, metrics
 
 
+def jit_train_step(model: mlrl_sa.MLRLSA, tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, state_shardings,
+                   *, donate: bool = True):
+  """`train_step` compiled for the mesh: the state keeps its shardings (parameters and Adam
+  moments sharded over 'model' stay sharded; XLA all-gathers them inside the step), the batch
+  is split over every device, the metrics come back replicated. donate: the old state's buffers
+  are reused for the new one (the caller must not touch the old state afterwards)."""
+  return jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=(0,) if donate else ())
+
+
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: mlrl_sa.MLRLSA,
               config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   """Loss parts and mean IoU on a batch, no update (a cheap check; J&F come from evaluation)."""
@@ -181,6 +195,17 @@ def check_finite(step: int, scalars: Mapping[str, float]) -> None:
 
 
 # ------------------------------------------------------------------------------ the loop
+def prepare_data(config: ml_collections.ConfigDict):
+  """`builders.prepare` (generate refer_shapes if absent, write the TFDS records once), on
+  process 0 first: several processes writing the same files of a shared directory would race.
+  The others then find the records ready (or, without a shared filesystem, build their own)."""
+  if jax.process_count() == 1:
+    return builders.prepare(config.data)
+  builder = builders.prepare(config.data) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('rvos_jax.train.prepare_data')
+  return builder if builder is not None else builders.prepare(config.data)
+
+
 def load_or_build_vocabulary(workdir: str, builder, config):
   """The vocabulary lives beside the checkpoints: built from the training expressions on the
   first run, then read back (and checked against the data) on every resume, eval or predict."""
@@ -200,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   end, and returns the final evaluation results."""
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  builder = builders.prepare(config.data)
+  builder = prepare_data(config)
   vocab = load_or_build_vocabulary(workdir, builder, config)
   model = mlrl_sa.build_model(config.model, len(vocab))
   tx = make_optimizer(config)
@@ -227,10 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
 
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
-                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(state_shardings, sharding.replicated(mesh)),
-                    donate_argnums=(0,))
+  step_fn = jit_train_step(model, tx, config, mesh, state_shardings)
   predict_fn = predict.make_predict_fn(model)
   train_ds = pipelines.make_train_dataset(config.data, builder, vocab,
                                           start_batch=start_step)
