@@ -44,6 +44,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from rvos_jax import sharding
+
 CHECKPOINTS_DIR = 'checkpoints'
 STATE, META = 'state', 'meta'
 # Keys `save` requires in `meta`; the loop may add any other JSON-serialisable entries.
@@ -220,18 +222,11 @@ def check_vocabulary(meta: Mapping[str, Any], vocab_sha256: str, vocab_size: int
         "vocabulary file saved in the checkpoint's workdir instead of rebuilding it.")
 
 
-def _key_name(k: Any) -> str:
-  for attr in ('key', 'idx', 'name'):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey.
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
 def _leaf_paths(tree: Any) -> dict[str, Any]:
   """'a/b/0/c' -> leaf. Dataclass fields, namedtuple fields and dict keys all read as names,
   which is how Orbax stores them (a namedtuple or flax.struct node becomes a dict on disk)."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {'/'.join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+  return {'/'.join(sharding.path_names(path)): leaf for path, leaf in leaves}
 
 
 def _as_stored(leaf: jax.ShapeDtypeStruct) -> tuple[tuple[int, ...], np.dtype]:
