@@ -33,11 +33,17 @@ def get_config() -> ml_collections.ConfigDict:
   model.use_object_level = True
   model.object_encoder = 'video'  # 'video' | 'frame' | 'fcn'
   model.alignment = 'dsa'  # 'dsa' | 'none'
+  # Eq. 11: 'add' as printed, M = Linear(A S + P); 'multiply' adds A S * P (ours; see
+  # rvos_jax/models/alignment.py for why).
+  model.alignment_fusion = 'add'
   # Each of the three language Transformers (§3.2; depth and heads are not in the paper).
   model.text_layers = 2
   model.text_heads = 8
   model.text_ffn_dim = 1536
   model.text_dropout = 0.1
+  # Mixed precision (rvos_jax/precision.py): 'bfloat16' computes in bf16 on GPUs and TPUs with
+  # float32 parameters, optimizer and losses. float32 on CPU: bf16 is slower without AMX.
+  model.compute_dtype = 'float32'
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.alpha = 0.2  # boundary weight in L_instance (Eq. 14)

@@ -52,7 +52,12 @@ STATE, META = 'state', 'meta'
 REQUIRED_META_KEYS = ('config', 'data', 'vocab_sha256', 'vocab_size')
 # Model-config keys that only matter when the parameters are initialised, never on resume
 # (the weights then come from the checkpoint), so a difference in them is not a mismatch.
-INIT_ONLY_MODEL_KEYS = ('model.backbone_init',)
+# Keys that do not change what the parameters mean: where the backbone came from, and the
+# compute dtype (train in bfloat16 on a GPU, evaluate in float32 on a CPU).
+INIT_ONLY_MODEL_KEYS = ('model.backbone_init', 'model.compute_dtype')
+# Keys added after checkpoints existed: absent from an older checkpoint, they read as the value
+# that reproduces what that checkpoint was trained with.
+LATER_MODEL_KEYS = {'model.alignment_fusion': 'add'}
 META_FORMAT = 1
 
 
@@ -196,7 +201,7 @@ def check_model_config(meta: Mapping[str, Any], config: Any, *, path: str = '<ch
   for key in sorted(set(a) | set(b)):
     if key in ignore:
       continue
-    va, vb = a.get(key, missing), b.get(key, missing)
+    va, vb = a.get(key, LATER_MODEL_KEYS.get(key, missing)), b.get(key, missing)
     if va != vb:
       show = lambda v: '<absent>' if v is missing else repr(v)
       diffs.append(f'  {key}: {show(va)} in the checkpoint vs {show(vb)} in the current config')

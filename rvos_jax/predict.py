@@ -42,6 +42,7 @@ from absl import logging
 from PIL import Image
 
 from data_pipelines import vocabulary as vocabulary_lib
+from rvos_jax import precision
 
 # (variables, frames (B,T,H,W,3) float32 in [0,1], tokens (B,N), token_mask (B,N))
 #   -> (mask probabilities sigmoid(E) (B,T,H,W), confidence scores sigmoid(C) (B,T)).
@@ -74,12 +75,12 @@ def _data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 def make_predict_fn(model) -> PredictFn:
   """jit'ed (variables, frames, tokens, token_mask) -> (sigmoid(E) (B,T,H,W), sigmoid(C) (B,T)).
 
-  Eval mode (train=False: no dropout, BatchNorm statistics used as stored). Compiles once per
-  input shape.
+  Eval mode (train=False: no dropout, BatchNorm statistics used as stored), in the model's
+  compute dtype (rvos_jax.precision). Compiles once per input shape.
   """
 
   def predict(variables, frames, tokens, token_mask):
-    outputs = model.apply(variables, frames, tokens, token_mask, train=False)
+    outputs = precision.apply(model, variables, frames, tokens, token_mask, train=False)
     return jax.nn.sigmoid(outputs.mask_logits), jax.nn.sigmoid(outputs.confidence)
 
   return jax.jit(predict)

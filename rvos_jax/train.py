@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from data_pipelines import builders, pipelines, ytvos_layout
 from data_pipelines.vocabulary import Vocabulary
-from rvos_jax import checkpointing, evaluation, losses, porting, predict, sharding
+from rvos_jax import checkpointing, evaluation, losses, porting, precision, predict, sharding
 from rvos_jax.models import mlrl_sa
 
 BACKBONE = 'backbone'
@@ -128,8 +128,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: mlrl_sa.MLRLSA,
 def _apply(model, state: TrainState, params, batch, train: bool, rng=None):
   mutable = ['batch_stats'] if (train and not model.frozen_bn) else False
   rngs = {'dropout': rng} if rng is not None else None
-  out = model.apply(state.variables(params), *(batch[k] for k in MODEL_INPUTS), train=train,
-                    rngs=rngs, mutable=mutable)
+  # Mixed precision (config.model.compute_dtype): computed in it, outputs and updates float32.
+  out = precision.apply(model, state.variables(params), *(batch[k] for k in MODEL_INPUTS),
+                        train=train, rngs=rngs, mutable=mutable)
   return out if mutable else (out, {})
 
 

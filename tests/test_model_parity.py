@@ -128,6 +128,7 @@ def test_full_model_small():
     dict(object_encoder='frame'),
     dict(object_encoder='fcn'),
     dict(alignment='none'),
+    dict(alignment_fusion='multiply'),
     dict(backbone_output_stride=8),
 ], ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()))
 def test_ablation_variants_small(switches):

@@ -102,15 +102,16 @@ def test_language_dropout_only_in_training():
   assert np.abs(np.asarray(train - eval1)).max() > 1e-3
 
 
-@pytest.mark.parametrize('position', ['3d', '2d'])
-def test_semantic_alignment(position):
+@pytest.mark.parametrize('position,fusion', [('3d', 'add'), ('2d', 'add'), ('3d', 'multiply')])
+def test_semantic_alignment(position, fusion):
   p, s, mask = _features(4), _features(5, (B, N, D)), _word_mask()
-  tmod = parity.randomize_(ref.SemanticAlignment(D, position))
-  fmod = alignment.SemanticAlignment(position=position)
+  tmod = parity.randomize_(ref.SemanticAlignment(D, position, fusion))
+  fmod = alignment.SemanticAlignment(position=position, fusion=fusion)
   variables = parity.port(tmod, fmod, p, s, mask)
   out = fmod.apply(variables, p, s, mask)
   expected = tmod(parity.nchw(p), torch.from_numpy(s), torch.from_numpy(mask)).detach()
-  parity.assert_outputs_close(out, parity.nhwc(expected), f'semantic alignment ({position})')
+  parity.assert_outputs_close(out, parity.nhwc(expected),
+                              f'semantic alignment ({position}, {fusion})')
   # Padded words get zero attention: their features cannot reach M.
   s2 = s.copy()
   s2[1, 4:] += 10.0

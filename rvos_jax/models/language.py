@@ -73,7 +73,7 @@ class LanguageEncoder(nn.Module):
     chex.assert_shape(mask, words.shape[:2])
     _, n, d = words.shape
     # Word order matters ("left of the red one"); the Transformer gets it from the sine encoding.
-    x = words + position_encoding.sine_1d(n, d)
+    x = words + position_encoding.sine_1d(n, d).astype(words.dtype)
     for i in range(self.num_layers):
       x = TransformerEncoderLayer(
           self.num_heads, self.ffn_dim, self.dropout, name=f'layer{i}')(x, mask, train)

@@ -46,7 +46,10 @@ class MLRLSA(nn.Module):
     use_video_level / use_frame_level / use_object_level: the three levels of §3.1.
     object_encoder: 'video' (paper), 'frame' or 'fcn'.
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
+    alignment_fusion: 'add' (Eq. 11) or 'multiply' (adds S_hat * P; see SemanticAlignment).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
+    compute_dtype: 'float32', 'bfloat16' or 'float16': read by rvos_jax.precision.apply, which
+      casts the variables and frames; the module itself follows its input's dtype.
   """
 
   vocab_size: int
@@ -61,14 +64,16 @@ class MLRLSA(nn.Module):
   use_object_level: bool = True
   object_encoder: str = 'video'
   alignment: str = 'dsa'
+  alignment_fusion: str = 'add'
   text_layers: int = 2
   text_heads: int = 8
   text_ffn_dim: int = 1536
   text_dropout: float = 0.1
+  compute_dtype: str = 'float32'
 
   def _align(self, name: str, position: str):
     if self.alignment == 'dsa':
-      return SemanticAlignment(position=position, name=name)
+      return SemanticAlignment(position=position, fusion=self.alignment_fusion, name=name)
     if self.alignment == 'none':
       return SentenceFusion(name=name)
     raise ValueError(f"model.alignment must be 'dsa' or 'none', got {self.alignment!r}")
@@ -87,8 +92,9 @@ class MLRLSA(nn.Module):
       raise ValueError('MLRL-SA needs at least one of the video, frame and object levels.')
     d = self.hidden_dim
 
-    x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(
-        IMAGENET_STD)
+    dtype = frames.dtype  # float32, or the compute dtype of rvos_jax.precision.apply
+    x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN, dtype)
+         ) / jnp.asarray(IMAGENET_STD, dtype)
     feats = ResNet(self.backbone_depth, self.backbone_width, self.frozen_bn,
                    self.backbone_output_stride, name='backbone')(x, train=train)
     p = nn.Conv(d, (1, 1), name='reduce')(feats['res5'])  # §3.1: 1x1 conv c -> d
@@ -145,10 +151,13 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       use_object_level=c.use_object_level,
       object_encoder=c.object_encoder,
       alignment=c.alignment,
+      # Configs saved before this key existed describe the paper's Eq. 11.
+      alignment_fusion=c.get('alignment_fusion', 'add'),
       text_layers=c.text_layers,
       text_heads=c.text_heads,
       text_ffn_dim=c.text_ffn_dim,
       text_dropout=c.text_dropout,
+      compute_dtype=c.get('compute_dtype', 'float32'),
   )
 
 

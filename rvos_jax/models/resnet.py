@@ -97,14 +97,18 @@ class FrozenBatchNorm(nn.Module):
     # y = (x - mean) * scale / sqrt(var + eps) + bias, folded into one multiply-add over the
     # activation (as torchvision's FrozenBatchNorm2d does).
     mult = scale * jax.lax.rsqrt(var + self.epsilon)
-    return x * mult + (bias - mean * mult)
+    # Folded in float32, applied in the activation's dtype (bfloat16 under mixed precision).
+    return x * mult.astype(x.dtype) + (bias - mean * mult).astype(x.dtype)
 
 
-def batch_norm(frozen: bool, train: bool, name: str) -> nn.Module:
+def batch_norm(frozen: bool, train: bool, name: str):
   """The backbone's norm layer; call inside a compact method (the caller becomes the parent)."""
   if frozen:
     return FrozenBatchNorm(name=name)
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, name=name)
+  bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, name=name)
+  # Statistics and affine stay float32; the output keeps the activation's dtype (bfloat16 under
+  # rvos_jax.precision), or the next convolution would be promoted back to float32.
+  return lambda x: bn(x).astype(x.dtype)
 
 
 def conv(features: int, kernel: int, stride: int, name: str, dilation: int = 1) -> nn.Conv:

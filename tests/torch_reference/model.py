@@ -159,9 +159,9 @@ class LanguageEncoder(nn.Module):
 
 # ---------------------------------------------------------------- alignment (Eq. 9-11)
 class SemanticAlignment(nn.Module):
-  def __init__(self, d, position):
+  def __init__(self, d, position, fusion='add'):
     super().__init__()
-    self.position = position
+    self.position, self.fusion = position, fusion
     self.visual, self.language, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
 
   def forward(self, p, s, mask):  # p (B, T, d, h, w)
@@ -173,7 +173,8 @@ class SemanticAlignment(nn.Module):
     s_prime = self.language(s + pos_1d(s.shape[1], d))
     logits = p_prime @ s_prime.transpose(1, 2) / math.sqrt(d)
     logits = logits.masked_fill(~mask[:, None, :], MASK_VALUE)
-    m = self.out(torch.softmax(logits, -1) @ s + seq)
+    s_hat = torch.softmax(logits, -1) @ s
+    m = self.out(s_hat + seq + s_hat * seq if self.fusion == 'multiply' else s_hat + seq)
     return m.reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
 
 
@@ -250,7 +251,8 @@ class MLRLSA(nn.Module):
   def __init__(self, vocab_size, hidden_dim=384, decoder_dim=256, backbone_depth=50,
                backbone_width=1.0, backbone_output_stride=32, use_video_level=True,
                use_frame_level=True, use_object_level=True, object_encoder='video',
-               alignment='dsa', text_layers=2, text_heads=8, text_ffn_dim=1536):
+               alignment='dsa', alignment_fusion='add', text_layers=2, text_heads=8,
+               text_ffn_dim=1536):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
@@ -263,7 +265,7 @@ class MLRLSA(nn.Module):
     chans = {f'res{i + 2}': base * 2**i for i in range(4)}
     self.reduce = nn.Conv2d(chans['res5'], d, 1)
     self.word_embedding = nn.Embedding(vocab_size, d)
-    align = (lambda pos: SemanticAlignment(d, pos)) if alignment == 'dsa' else (
+    align = (lambda pos: SemanticAlignment(d, pos, alignment_fusion)) if alignment == 'dsa' else (
         lambda pos: SentenceFusion(d))
     lang = lambda: LanguageEncoder(d, text_layers, text_heads, text_ffn_dim)
     if 'video' in self.levels:
