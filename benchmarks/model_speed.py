@@ -1,0 +1,324 @@
+"""Speed of the whole network, JAX against the PyTorch reference, in one run.
+
+  python -m benchmarks.model_speed                               # both settings, ~15 min on 2 cores
+  python -m benchmarks.model_speed --settings=embedded --repeats=3
+  python -m benchmarks.model_speed --json=benchmarks/results/cpu.json
+
+Rows: for each setting (`paper`: configs/default.py, T=12 frames of 240x432, ResNet-50, d=384,
+N=20, one 12-frame clip per step as at inference time; `embedded`: configs/refer_shapes.py, a
+batch of 8 clips of 6 frames at 64x96) and each mode (`infer`: forward only; `train`: forward,
+Eq. 16 loss, backward and the AdamW update), the JAX model (`train.jit_train_step`, the step that
+main.py runs, and `jax.jit(model.apply)`) and the PyTorch reference of tests/torch_reference in
+eager mode, NCHW (`torch`) and channels_last (`torch_cl`), on the same inputs.
+
+Columns:
+  median / spread:  seconds per step over --repeats timed calls after --warmup untimed ones;
+                    spread = (max - min) / median;
+  frames/s:         clips x T / median;
+  compile:          JAX's lower + compile seconds (torch: none);
+  GFLOP:            XLA's FLOP count of the compiled step (`cost_analysis`), used for every
+                    framework's row since the network is the same;
+  GFLOP/s, %peak:   GFLOP / median, and that as a share of the matrix-multiply ceiling measured
+                    in the same run (the best of JAX's and torch's 2048^3 float32 matmul);
+  RSS:              peak resident memory of the child process that ran the row (each row runs in
+                    a fresh process), MiB; XLA temp: XLA's own estimate of its temporaries.
+JAX/torch ratios (frames/s, or torch time / JAX time for training) come last, per setting, against
+both torch layouts.
+
+Both sides: float32, the backbone's BatchNorm frozen (the reference has no trainable BN; the
+embedded config trains its BN, but here both use frozen statistics so the work is the same),
+no dropout. Each row runs in its own child process, one after another (never two at once: on a
+2-core machine a row beside another measures neither). The XLA flags in force are those of
+rvos_jax/xla_flags.py unless --stock is given (they only change XLA's CPU compiler; torch reads
+none of them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_list('settings', ['embedded', 'paper'], 'embedded and/or paper.')
+flags.DEFINE_list('modes', ['infer', 'train'], 'infer and/or train.')
+flags.DEFINE_list('frameworks', ['jax', 'torch', 'torch_cl'], 'jax, torch (NCHW), torch_cl '
+                  '(channels_last).')
+flags.DEFINE_integer('repeats', 5, 'Timed calls per row (the median is reported).')
+flags.DEFINE_integer('warmup', 2, 'Untimed calls before timing (JAX: after compiling).')
+flags.DEFINE_integer('clips', 0, 'Clips per step; 0 = the setting\'s own (paper 1, embedded 8).')
+flags.DEFINE_bool('stock', False, 'Without rvos_jax/xla_flags.py\'s defaults: what they buy.')
+flags.DEFINE_string('xla_flags', '', 'Extra XLA_FLAGS for every child (e.g. to try a flag).')
+flags.DEFINE_string('json', '', 'Also write the rows as JSON here.')
+flags.DEFINE_string('child', '', 'Internal: SETTING:FRAMEWORK:MODE, or "ceiling".')
+FLAGS = flags.FLAGS
+
+VOCAB = 3000
+
+
+def setting_config(name: str):
+  """(config, clips) for a setting: the config's data/model sections define the shapes."""
+  if name == 'paper':
+    from configs import default  # noqa: PLC0415
+    config, clips = default.get_config(), 1
+  elif name == 'embedded':
+    from configs import refer_shapes  # noqa: PLC0415
+    config, clips = refer_shapes.get_config(), 8
+  else:
+    raise ValueError(f'unknown setting {name!r}: embedded or paper')
+  config.model.frozen_bn = True
+  config.model.text_dropout = 0.0
+  return config, FLAGS.clips or clips
+
+
+def make_batch(config, clips: int, seed: int = 0) -> dict:
+  """Random frames, tokens (every clip a different length) and rectangle targets, numpy."""
+  import numpy as np  # noqa: PLC0415
+  d = config.data
+  rng = np.random.default_rng(seed)
+  t, h, w, n = d.num_frames, d.height, d.width, d.max_words
+  lengths = rng.integers(3, n + 1, size=clips)
+  token_mask = np.arange(n)[None] < lengths[:, None]
+  masks = np.zeros((clips, t, h, w), np.float32)
+  objects = np.zeros_like(masks)
+  for i in range(clips):
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    masks[i, :, y:y + h // 3, x:x + w // 3] = 1
+    objects[i] = masks[i]
+    objects[i, :, h // 2:, w // 2:] = 1
+  return dict(
+      frames=rng.uniform(size=(clips, t, h, w, 3)).astype(np.float32),
+      tokens=np.where(token_mask, rng.integers(2, VOCAB, size=(clips, n)), 0).astype(np.int32),
+      token_mask=token_mask, masks=masks, object_masks=objects,
+      frame_valid=np.ones((clips, t), bool))
+
+
+def timed(fn, repeats: int, warmup: int) -> list[float]:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def run_jax(setting: str, mode: str) -> dict:
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from rvos_jax import losses, sharding, train  # noqa: PLC0415
+  from rvos_jax.models import mlrl_sa  # noqa: PLC0415
+
+  config, clips = setting_config(setting)
+  batch = make_batch(config, clips)
+  batch['boundary'] = losses.boundary_target(jnp.asarray(batch['masks']))
+  model = mlrl_sa.build_model(config.model, VOCAB)
+  config.mesh.data, config.mesh.model = 1, 1
+  mesh = sharding.make_mesh(config)
+  tx = train.make_optimizer(config)
+  state, shardings = train.create_train_state(config, model, tx, mesh, jax.random.key(0))
+  batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in batch.items()}
+  t0 = time.perf_counter()
+  if mode == 'infer':
+    fn = jax.jit(lambda v, f, tk, m: model.apply(v, f, tk, m))
+    args = (state.variables(), batch['frames'], batch['tokens'], batch['token_mask'])
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+
+    def call():
+      jax.block_until_ready(compiled(*args))
+  else:
+    compiled = train.jit_train_step(model, tx, config, mesh, shardings).lower(
+        state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = [state]
+
+    def call():  # the state is donated: carry the new one
+      holder[0], metrics = compiled(holder[0], batch)
+      jax.block_until_ready(metrics)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  mem = compiled.memory_analysis()
+  times = timed(call, FLAGS.repeats, FLAGS.warmup)
+  return dict(compile_s=compile_s, flops=float(cost.get('flops', 0.0)), times=times,
+              xla_temp=int(mem.temp_size_in_bytes), clips=clips,
+              frames=clips * config.data.num_frames,
+              xla_flags=os.environ.get('XLA_FLAGS', ''))
+
+
+def _import_rvos_jax_first():
+  """rvos_jax's XLA flags apply on import: before anything creates JAX's backend."""
+  import rvos_jax  # noqa: F401, PLC0415
+
+
+def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
+  import numpy as np  # noqa: PLC0415
+  import torch  # noqa: PLC0415
+
+  from tests import parity  # noqa: PLC0415
+  from tests.torch_reference import losses as ref_losses  # noqa: PLC0415
+  from tests.torch_reference import model as ref_model  # noqa: PLC0415
+
+  torch.set_num_threads(os.cpu_count())
+  config, clips = setting_config(setting)
+  c = config.model
+  model = ref_model.MLRLSA(
+      VOCAB, hidden_dim=c.hidden_dim, decoder_dim=c.decoder_dim,
+      backbone_depth=c.backbone_depth, backbone_width=c.backbone_width,
+      backbone_output_stride=c.backbone_output_stride, use_video_level=c.use_video_level,
+      use_frame_level=c.use_frame_level, use_object_level=c.use_object_level,
+      object_encoder=c.object_encoder, alignment=c.alignment,
+      alignment_fusion=c.alignment_fusion, text_layers=c.text_layers,
+      text_heads=c.text_heads, text_ffn_dim=c.text_ffn_dim)
+  parity.randomize_(model)  # eval(): frozen BatchNorm statistics, as in the JAX rows
+  b = make_batch(config, clips)
+  frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(b['frames'], -1, 2)))
+  tb = {k: torch.from_numpy(v) for k, v in b.items() if k != 'frames'}
+  tb['boundary'] = ref_losses.boundary_target(tb['masks'])
+  tokens, token_mask = tb['tokens'].long(), tb['token_mask']
+  if channels_last:
+    model = model.to(memory_format=torch.channels_last)
+  if mode == 'infer':
+    def call():
+      with torch.no_grad():
+        model(frames, tokens, token_mask)
+  else:
+    for name, p in model.named_parameters():  # frozen BatchNorm: no gradient, as in JAX
+      if name.startswith('backbone.') and ('bn' in name or 'downsample.1' in name):
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                            weight_decay=1e-4)
+
+    def call():
+      out = model(frames, tokens, token_mask)
+      loss, _ = ref_losses.total_loss(out['mask_logits'], out['boundary_logits'],
+                                      out['object_logits'], out['confidence'], tb)
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+  times = timed(call, FLAGS.repeats, FLAGS.warmup)
+  return dict(times=times, clips=clips, frames=clips * config.data.num_frames,
+              threads=torch.get_num_threads())
+
+
+def run_ceiling() -> dict:
+  """The best float32 matmul rate of this machine, in both frameworks (GFLOP/s)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  import torch  # noqa: PLC0415
+  torch.set_num_threads(os.cpu_count())
+  n = 2048
+  a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+  ja = jnp.asarray(a)
+  mm = jax.jit(lambda x: x @ x)
+  ta = torch.from_numpy(a)
+  jt = min(timed(lambda: mm(ja).block_until_ready(), 10, 2))
+  tt = min(timed(lambda: ta @ ta, 10, 2))
+  f = 2 * n**3 / 1e9
+  return dict(jax_gflops=f / jt, torch_gflops=f / tt, peak_gflops=max(f / jt, f / tt))
+
+
+def child(spec: str) -> dict:
+  _import_rvos_jax_first()
+  if spec == 'ceiling':
+    out = run_ceiling()
+  else:
+    setting, framework, mode = spec.split(':')
+    if framework == 'jax':
+      out = run_jax(setting, mode)
+    elif framework in ('torch', 'torch_cl'):
+      out = run_torch(setting, mode, channels_last=framework == 'torch_cl')
+    else:
+      raise ValueError(f'unknown framework {framework!r}')
+    out.update(setting=setting, framework=framework, mode=mode)
+  out['rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return out
+
+
+def run_child(spec: str) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'),
+             TF_CPP_MIN_LOG_LEVEL='2')
+  if FLAGS.stock:
+    env['RVOS_JAX_XLA_FLAGS'] = 'none'
+  if FLAGS.xla_flags:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + FLAGS.xla_flags).strip()
+  cmd = [sys.executable, '-m', 'benchmarks.model_speed', f'--child={spec}',
+         f'--repeats={FLAGS.repeats}', f'--warmup={FLAGS.warmup}', f'--clips={FLAGS.clips}']
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+  lines = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
+  if proc.returncode or not lines:
+    sys.exit(f'{spec} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+  return json.loads(lines[0][len('RESULT '):])
+
+
+def summarise(rows: list[dict], ceiling: dict) -> str:
+  flops = {(r['setting'], r['mode']): r['flops'] for r in rows if r['framework'] == 'jax'}
+  lines = ['| setting | mode | framework | median s | spread | frames/s | compile s | GFLOP '
+           '| GFLOP/s | % peak | RSS MiB | XLA temp MiB |', '|' + '---|' * 12]
+  for r in rows:
+    med = statistics.median(r['times'])
+    r['median_s'] = med
+    r['spread'] = (max(r['times']) - min(r['times'])) / med
+    r['frames_per_s'] = r['frames'] / med
+    f = flops.get((r['setting'], r['mode']))
+    r['gflops_per_s'] = f / 1e9 / med if f else None
+    cells = [r['setting'], r['mode'], r['framework'], f'{med:.4f}', f"{100 * r['spread']:.0f}%",
+             f"{r['frames_per_s']:.1f}",
+             f"{r['compile_s']:.1f}" if 'compile_s' in r else '-',
+             f'{f / 1e9:.1f}' if f else '?',
+             f"{r['gflops_per_s']:.1f}" if f else '?',
+             f"{100 * r['gflops_per_s'] / ceiling['peak_gflops']:.0f}%" if f else '?',
+             f"{r['rss_mib']:.0f}",
+             f"{r['xla_temp'] / 2**20:.0f}" if 'xla_temp' in r else '-']
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines.append('')
+  lines.append(f"Matmul ceiling (2048^3 float32, best of 10): JAX {ceiling['jax_gflops']:.0f} "
+               f"GFLOP/s, torch {ceiling['torch_gflops']:.0f} GFLOP/s.")
+  by = {(r['setting'], r['mode'], r['framework']): r for r in rows}
+  for (setting, mode, fw), r in by.items():
+    if fw != 'jax':
+      continue
+    for other in ('torch', 'torch_cl'):
+      if (setting, mode, other) in by:
+        ratio = by[(setting, mode, other)]['median_s'] / r['median_s']
+        lines.append(f'JAX / {other}, {setting} {mode}: {ratio:.2f}x '
+                     f"({'JAX faster' if ratio > 1 else 'torch faster'})")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  if FLAGS.child:
+    print('RESULT ' + json.dumps(child(FLAGS.child)), flush=True)
+    return
+  t0 = time.time()
+  ceiling = run_child('ceiling')
+  rows = []
+  for setting in FLAGS.settings:
+    for mode in FLAGS.modes:
+      for framework in FLAGS.frameworks:
+        rows.append(run_child(f'{setting}:{framework}:{mode}'))
+        r = rows[-1]
+        print(f"{setting} {mode} {framework}: median {statistics.median(r['times']):.4f} s "
+              f"({time.time() - t0:.0f} s so far)", flush=True)
+  text = summarise(rows, ceiling)
+  print(text)
+  if FLAGS.json:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+    with open(FLAGS.json, 'w') as f:
+      json.dump(dict(ceiling=ceiling, rows=rows, argv=sys.argv,
+                     stock=FLAGS.stock), f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
