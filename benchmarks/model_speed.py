@@ -3,6 +3,9 @@
   python -m benchmarks.model_speed                               # both settings, ~15 min on 2 cores
   python -m benchmarks.model_speed --settings=embedded --repeats=3
   python -m benchmarks.model_speed --json=benchmarks/results/cpu.json
+  python -m benchmarks.model_speed --settings=paper --frameworks=jax --modes=infer --breakdown
+  JAX_PLATFORMS=cuda python -m benchmarks.model_speed --frameworks=jax --settings=paper \
+      --compute_dtype=bfloat16 --clips=16              # a GPU: bf16, 16 windows per call
 
 Rows: for each setting (`paper`: configs/default.py, T=12 frames of 240x432, ResNet-50, d=384,
 N=20, one 12-frame clip per step as at inference time; `embedded`: configs/refer_shapes.py, a
@@ -56,6 +59,11 @@ flags.DEFINE_integer('warmup', 2, 'Untimed calls before timing (JAX: after compi
 flags.DEFINE_integer('clips', 0, 'Clips per step; 0 = the setting\'s own (paper 1, embedded 8).')
 flags.DEFINE_bool('stock', False, 'Without rvos_jax/xla_flags.py\'s defaults: what they buy.')
 flags.DEFINE_string('xla_flags', '', 'Extra XLA_FLAGS for every child (e.g. to try a flag).')
+flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16', 'float16'],
+                  'config.model.compute_dtype of the JAX rows (rvos_jax/precision.py); the torch '
+                  'rows stay float32.')
+flags.DEFINE_bool('breakdown', False, 'Also time the backbone, one pyramid head and the whole '
+                  'network alone (JAX) for each setting.')
 flags.DEFINE_string('json', '', 'Also write the rows as JSON here.')
 flags.DEFINE_string('child', '', 'Internal: SETTING:FRAMEWORK:MODE, or "ceiling".')
 FLAGS = flags.FLAGS
@@ -75,6 +83,7 @@ def setting_config(name: str):
     raise ValueError(f'unknown setting {name!r}: embedded or paper')
   config.model.frozen_bn = True
   config.model.text_dropout = 0.0
+  config.model.compute_dtype = FLAGS.compute_dtype
   return config, FLAGS.clips or clips
 
 
@@ -210,6 +219,72 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
               threads=torch.get_num_threads())
 
 
+def run_breakdown(setting: str) -> dict:
+  """Where the time goes in JAX: the backbone, the pyramid heads (F_dec, F_bdry, F_seg run one
+  PyramidHead each) and the whole network, each jitted alone on the setting's shapes, forward
+  and forward + backward (gradient of a sum with respect to the parameters and the input)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from rvos_jax.models import mlrl_sa, resnet, segmentation  # noqa: PLC0415
+
+  config, clips = setting_config(setting)
+  c, d = config.model, config.data
+  n = clips * d.num_frames
+  dtype = jnp.dtype(FLAGS.compute_dtype)
+  rng = jax.random.key(0)
+  x = jax.random.uniform(rng, (n, d.height, d.width, 3), dtype)
+  backbone = resnet.ResNet(c.backbone_depth, c.backbone_width, True, c.backbone_output_stride)
+  bvars = backbone.init(rng, x)
+  feats = backbone.apply(bvars, x)
+  m = jax.random.normal(rng, (*feats['res5'].shape[:3], 3 * c.hidden_dim), dtype)
+  head = segmentation.PyramidHead(c.decoder_dim, c.decoder_dim)
+  hvars = head.init(rng, m, feats)
+  model = mlrl_sa.build_model(c, VOCAB)
+  batch = make_batch(config, clips)
+  margs = (jnp.asarray(batch['frames'], dtype), jnp.asarray(batch['tokens']),
+           jnp.asarray(batch['token_mask']))
+  mvars = model.init(rng, *margs)
+  parts = {
+      'backbone': (lambda v, a: backbone.apply(v, a)['res5'], bvars, x),
+      'one pyramid head': (lambda v, a: head.apply(v, a, feats), hvars, m),
+      'whole network': (lambda v, a: model.apply(v, a, *margs[1:]).mask_logits, mvars, margs[0]),
+  }
+  out = {}
+  for name, (fn, variables, arg) in parts.items():
+    def loss(params, a, fn=fn, variables=variables):
+      return fn({**variables, 'params': params}, a).astype(jnp.float32).sum()
+    row = {}
+    for mode, f in (('infer', jax.jit(fn)),
+                    ('train', jax.jit(jax.grad(loss, argnums=(0, 1))))):
+      call_args = (variables, arg) if mode == 'infer' else (variables['params'], arg)
+      compiled = f.lower(*call_args).compile()
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, list) else cost
+      times = timed(lambda c=compiled, a=call_args: jax.block_until_ready(c(*a)),
+                    FLAGS.repeats, FLAGS.warmup)
+      row[mode] = dict(median_s=statistics.median(times), times=times,
+                       flops=float(cost.get('flops', 0.0)))
+    out[name] = row
+  return dict(parts=out, setting=setting, heads_per_network=4 if c.use_object_level else 3)
+
+
+def breakdown_table(result: dict) -> str:
+  parts, k = result['parts'], result['heads_per_network']
+  lines = [f"Breakdown, {result['setting']} (JAX, each part jitted alone; the network runs "
+           f'{k} pyramid heads):', '| part | forward s | GFLOP | forward+backward s | GFLOP |',
+           '|---|---|---|---|---|']
+  for name, row in parts.items():
+    lines.append(f"| {name} | {row['infer']['median_s']:.3f} | {row['infer']['flops'] / 1e9:.1f} "
+                 f"| {row['train']['median_s']:.3f} | {row['train']['flops'] / 1e9:.1f} |")
+  whole = parts['whole network']
+  rest = {mode: whole[mode]['median_s'] - parts['backbone'][mode]['median_s']
+          - k * parts['one pyramid head'][mode]['median_s'] for mode in ('infer', 'train')}
+  lines.append(f"| rest (embeddings, language, alignment, upsampling, ...) | {rest['infer']:.3f} "
+               f"| | {rest['train']:.3f} | |")
+  return '\n'.join(lines)
+
+
 def run_ceiling() -> dict:
   """The best float32 matmul rate of this machine, in both frameworks (GFLOP/s)."""
   import jax  # noqa: PLC0415
@@ -232,6 +307,8 @@ def child(spec: str) -> dict:
   _import_rvos_jax_first()
   if spec == 'ceiling':
     out = run_ceiling()
+  elif spec.endswith(':breakdown'):
+    out = run_breakdown(spec.split(':')[0])
   else:
     setting, framework, mode = spec.split(':')
     if framework == 'jax':
@@ -253,7 +330,8 @@ def run_child(spec: str) -> dict:
   if FLAGS.xla_flags:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' ' + FLAGS.xla_flags).strip()
   cmd = [sys.executable, '-m', 'benchmarks.model_speed', f'--child={spec}',
-         f'--repeats={FLAGS.repeats}', f'--warmup={FLAGS.warmup}', f'--clips={FLAGS.clips}']
+         f'--repeats={FLAGS.repeats}', f'--warmup={FLAGS.warmup}', f'--clips={FLAGS.clips}',
+         f'--compute_dtype={FLAGS.compute_dtype}']
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
   lines = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
   if proc.returncode or not lines:
@@ -312,12 +390,17 @@ def main(argv):
         print(f"{setting} {mode} {framework}: median {statistics.median(r['times']):.4f} s "
               f"({time.time() - t0:.0f} s so far)", flush=True)
   text = summarise(rows, ceiling)
+  breakdowns = []
+  if FLAGS.breakdown:
+    for setting in FLAGS.settings:
+      breakdowns.append(run_child(f'{setting}:breakdown'))
+      text += '\n\n' + breakdown_table(breakdowns[-1])
   print(text)
   if FLAGS.json:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
     with open(FLAGS.json, 'w') as f:
-      json.dump(dict(ceiling=ceiling, rows=rows, argv=sys.argv,
-                     stock=FLAGS.stock), f, indent=1)
+      json.dump(dict(ceiling=ceiling, rows=rows, breakdowns=breakdowns, argv=sys.argv,
+                     stock=FLAGS.stock, compute_dtype=FLAGS.compute_dtype), f, indent=1)
 
 
 if __name__ == '__main__':

@@ -114,6 +114,7 @@ def _finalized_steps(workdir):
   return sorted(int(p.name) for p in root.glob('*') if p.name.isdigit()) if root.exists() else []
 
 
+@pytest.mark.slow  # three main.py runs (~3.5 min); the SIGTERM save-and-resume test stays in
 def test_sigkill_and_resume_gives_the_same_parameters(tmp_path):
   """A run killed with SIGKILL at a random step and restarted ends bit-for-bit where an
   uninterrupted run ends (same data order, same dropout noise, same XLA program on CPU)."""

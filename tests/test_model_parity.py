@@ -135,6 +135,7 @@ def test_ablation_variants_small(switches):
   run_parity(SMALL, small_inputs(), check_grads=False, **switches)
 
 
+@pytest.mark.slow  # ~1 min; ResNet-50 parity alone stays in the default suite (test_resnet.py)
 def test_resnet50_backbone_small():
   cfg = {**SMALL, 'backbone_depth': 50, 'backbone_width': 1.0}
   run_parity(cfg, make_inputs(1, 2, 67, 93, 5, SMALL['vocab_size'], lengths=(4,)),

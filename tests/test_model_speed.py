@@ -22,9 +22,9 @@ def _child(spec, *flags):
 
 
 def test_real_rows_on_the_embedded_setting():
-  jax_row = _child('embedded:jax:train')
+  jax_row = _child('embedded:jax:infer')
   assert len(jax_row['times']) == 2 and min(jax_row['times']) > 0
-  assert jax_row['flops'] > 1e8  # XLA's count of a real step (a few GFLOP per clip)
+  assert jax_row['flops'] > 5e8  # XLA's count of a real forward (~1.1 GFLOP per clip)
   assert jax_row['compile_s'] > 0 and jax_row['frames'] == 6
   assert 'xla_cpu_experimental_ynn_fusion_type' in jax_row['xla_flags']
   torch_row = _child('embedded:torch_cl:infer')

@@ -94,8 +94,9 @@ def test_bfloat16_outputs_loss_and_gradients_near_float32(setup):
 def test_trained_batchnorm_statistics_stay_float32(setup):
   _, args, _, f32, _ = setup
   model = f32.clone(frozen_bn=False, compute_dtype='bfloat16')
-  variables = model.init(jax.random.key(1), *args)
-  _, updates = precision.apply(model, variables, *args, train=True, mutable=['batch_stats'])
+  variables = jax.jit(model.init)(jax.random.key(1), *args)
+  _, updates = jax.jit(lambda v, *a: precision.apply(model, v, *a, train=True,
+                                                      mutable=['batch_stats']))(variables, *args)
   leaves = jax.tree.leaves(updates['batch_stats'])
   assert leaves and all(x.dtype == jnp.float32 for x in leaves)
 

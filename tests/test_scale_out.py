@@ -237,12 +237,14 @@ def test_mesh_shape_and_multihost_detection():
 
 
 # ------------------------------------------------------------------------------ scenarios
+@pytest.mark.slow  # the `runs` fixture: 4 scenarios in subprocesses, ~3 min
 def test_data_parallel_8_devices_equals_1_device(runs):
   """(a) mesh data=8: 5 steps, same losses and parameters as 1 device, same global batch."""
   assert facts(runs['out'], 'dp8')['mesh'] == {'data': 8, 'model': 1}
   assert_same_training(runs, 'dp8')
 
 
+@pytest.mark.slow  # the `runs` fixture: 4 scenarios in subprocesses, ~3 min
 def test_fsdp_8_devices_equals_1_device_and_shards_parameters(runs):
   """(b) mesh data=4 x model=2: the same equality, and the compiled step's input shardings put
   less than the whole parameter tree on device 0."""
@@ -266,6 +268,7 @@ def test_fsdp_8_devices_equals_1_device_and_shards_parameters(runs):
   assert specs['backbone/bn1/scale'] == 'P()', 'small leaves stay replicated'
 
 
+@pytest.mark.slow  # the `runs` fixture: 4 scenarios in subprocesses, ~3 min
 def test_two_processes_equal_one_process_and_read_disjoint_data(runs):
   """(c) 2 processes x 4 devices (data=2 x model=4) through jax.distributed: the same equality;
   each process feeds its own block of the global batch and reads its own share of the data."""
@@ -284,6 +287,7 @@ def test_two_processes_equal_one_process_and_read_disjoint_data(runs):
   assert set(d0['streamed']) <= set(d0['records']) and set(d1['streamed']) <= set(d1['records'])
 
 
+@pytest.mark.slow  # the `runs` fixture: 4 scenarios in subprocesses, ~3 min
 def test_checkpoint_from_8_devices_restores_on_1_device_and_2_processes(runs):
   """(d) the FSDP state saved on 8 devices (data=4 x model=2) restores, bit-exact, on 1 device
   and on 2 processes x 4 (data=2 x model=4: every sharded leaf is re-cut)."""

@@ -65,17 +65,18 @@ def test_two_learning_rates_and_decay_mask(setup):
   first step the update of every weight is ~lr (normalised), so the ratio shows the group."""
   config, model, tx, mesh, state = setup
   grads = jax.tree.map(jnp.ones_like, state.params)
-  opt_state = tx.init(state.params)
+  update = jax.jit(tx.update)  # one program instead of thousands of dispatched ops
+  opt_state = jax.jit(tx.init)(state.params)
   for _ in range(3):  # past the 2 warmup steps
-    updates, opt_state = tx.update(grads, opt_state, state.params)
+    updates, opt_state = update(grads, opt_state, state.params)
   bb = np.abs(np.asarray(updates['backbone']['conv1']['kernel'])).mean()
   rest = np.abs(np.asarray(updates['reduce']['kernel'])).mean()
   assert rest / bb == pytest.approx(10.0, rel=0.05), (bb, rest)
   # Weight decay only on kernels: with zero gradients, biases do not move and kernels decay.
   zero = jax.tree.map(jnp.zeros_like, state.params)
-  opt_state = tx.init(state.params)
+  opt_state = jax.jit(tx.init)(state.params)
   for _ in range(3):
-    updates, opt_state = tx.update(zero, opt_state, state.params)
+    updates, opt_state = update(zero, opt_state, state.params)
   assert np.abs(np.asarray(updates['reduce']['bias'])).max() == 0.0
   assert np.abs(np.asarray(updates['reduce']['kernel'])).max() > 0.0
   assert train.parameter_group(('backbone', 'conv1', 'kernel')) == 'backbone'
@@ -114,9 +115,9 @@ def test_backbone_init_from_config(tmp_path):
   depth, width = config.model.backbone_depth, config.model.backbone_width
   bare = resnet.ResNet(depth, width)
   x = jnp.zeros((1, 32, 32, 3))
-  variables = bare.init(jax.random.PRNGKey(1), x)
-  variables = jax.tree.map(lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape),
-                           variables)
+  # Shapes only (compiling a real init costs ~25 s on CPU), then random values.
+  shapes = jax.eval_shape(bare.init, jax.random.PRNGKey(1), x)
+  variables = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(2), a.shape), shapes)
   porting.save_backbone_checkpoint(porting.merge_collections(variables), tmp_path / 'ported',
                                    {'depth': depth})
   config.model.backbone_init = str(tmp_path / 'ported')
