@@ -33,7 +33,8 @@ class SemanticAlignment(nn.Module):
   background alike) the words add one vector to the whole map and cannot pick an object until
   the decoder's nonlinearities. The product re-weights the visual channels per sentence (a
   dynamic 1x1 filter, as in referring-segmentation models since DMN), so "red" can select the
-  red channels at the first layer. README "Semantic alignment: Eq. 11 and the product term".
+  red channels at the first layer. Measured on refer_shapes: no change (J&F 42.6 either way;
+  README, "The model, and where we had to choose" and "Results on refer_shapes").
   """
 
   position: str = '3d'
