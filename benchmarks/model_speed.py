@@ -124,7 +124,7 @@ def run_jax(setting: str, mode: str) -> dict:
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
-  from rvos_jax import losses, sharding, train  # noqa: PLC0415
+  from rvos_jax import losses, precision, sharding, train  # noqa: PLC0415
   from rvos_jax.models import mlrl_sa  # noqa: PLC0415
 
   config, clips = setting_config(setting)
@@ -138,7 +138,8 @@ def run_jax(setting: str, mode: str) -> dict:
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in batch.items()}
   t0 = time.perf_counter()
   if mode == 'infer':
-    fn = jax.jit(lambda v, f, tk, m: model.apply(v, f, tk, m))
+    # Every output (as the torch reference computes), in config.model.compute_dtype.
+    fn = jax.jit(lambda v, f, tk, m: precision.apply(model, v, f, tk, m))
     args = (state.variables(), batch['frames'], batch['tokens'], batch['token_mask'])
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -226,6 +227,7 @@ def run_breakdown(setting: str) -> dict:
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
+  from rvos_jax import precision  # noqa: PLC0415
   from rvos_jax.models import mlrl_sa, resnet, segmentation  # noqa: PLC0415
 
   config, clips = setting_config(setting)
@@ -236,7 +238,7 @@ def run_breakdown(setting: str) -> dict:
   x = jax.random.uniform(rng, (n, d.height, d.width, 3), dtype)
   backbone = resnet.ResNet(c.backbone_depth, c.backbone_width, True, c.backbone_output_stride)
   bvars = backbone.init(rng, x)
-  feats = backbone.apply(bvars, x)
+  feats = backbone.apply(precision.cast_floating(bvars, dtype), x)  # the heads' inputs
   m = jax.random.normal(rng, (*feats['res5'].shape[:3], 3 * c.hidden_dim), dtype)
   # F_seg ends in decoder_dim channels, F_dec and F_bdry in one: time both kinds.
   head_c = segmentation.PyramidHead(c.decoder_dim, c.decoder_dim)
@@ -247,6 +249,10 @@ def run_breakdown(setting: str) -> dict:
   margs = (jnp.asarray(batch['frames'], dtype), jnp.asarray(batch['tokens']),
            jnp.asarray(batch['token_mask']))
   mvars = model.init(rng, *margs)
+  # The parts get their variables in the compute dtype, as rvos_jax.precision.apply gives them
+  # to the network (a no-op in float32).
+  bvars, hvars_c, hvars_1, mvars = (precision.cast_floating(v, dtype)
+                                    for v in (bvars, hvars_c, hvars_1, mvars))
   parts = {
       'backbone': (lambda v, a: backbone.apply(v, a)['res5'], bvars, x),
       f'pyramid head, {c.decoder_dim} outputs (F_seg)': (
