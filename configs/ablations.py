@@ -4,8 +4,9 @@
   python main.py --config configs/ablations.py:default,frames_4 --workdir W
 
 The argument is '<base>,<variant>' with base 'default' (the paper's setting), 'refer_shapes'
-(the embedded default) or 'refer_shapes_smoke' (its seconds-long smoke version, for tests of
-benchmarks/ablations.py), and variant one of VARIANTS.
+(the embedded default), 'refer_shapes_long' (twice its steps: the budget at which the words
+start to steer the masks, README "Results on refer_shapes") or 'refer_shapes_smoke' (its
+seconds-long smoke version, for tests of benchmarks/ablations.py), and variant one of VARIANTS.
 """
 
 import ml_collections
@@ -15,6 +16,7 @@ from configs import default, refer_shapes
 BASES = {
     'default': default.get_config,
     'refer_shapes': refer_shapes.get_config,
+    'refer_shapes_long': refer_shapes.get_long_config,
     'refer_shapes_smoke': refer_shapes.get_smoke_config,
 }
 
