@@ -9,8 +9,8 @@ on 2 CPU cores:
   python main.py --config configs/refer_shapes.py:smoke ...   # seconds: a tiny dataset, 2 steps
 
 Where the quality is (README, "Results on refer_shapes"): 1500 steps give J&F 0.43, 3000 steps
-0.56; the network is limited by the number of clips it sees, not by its width, learning rate or
-fusion formula, so `long` is the variant to use when half an hour is available.
+0.47-0.56 (2 seeds); the network is limited by the number of clips it sees, not by its width,
+learning rate or fusion formula, so `long` is the variant to use when half an hour is there.
 """
 
 from configs import default
@@ -64,9 +64,9 @@ def get_config(arg: str | None = None):
 def get_long_config():
   """Twice the default's steps (same schedule shape, stretched): ~30 min on 2 CPU cores.
 
-  Measured: J&F 0.426 after 1500 steps, 0.564 after 3000 (seed 0). The words start to steer
-  the mask only after ~1000 steps whatever the width, learning rate or fusion (README), so the
-  extra steps buy more than any of those did.
+  Measured: J&F 0.426 after 1500 steps (seed 0), 0.564 and 0.473 after 3000 (seeds 0, 1).
+  The words start to steer the mask only after ~1000 steps whatever the width, learning rate
+  or fusion (README), so the extra steps buy more than any of those did.
   """
   config = get_config()
   config.train.num_steps = 3000

@@ -106,7 +106,7 @@ def test_ablation_configs_build_their_variant():
 
 
 def test_refer_shapes_long_differs_from_the_default_only_in_steps():
-  """The `long` budget (README "Results on refer_shapes": J&F 0.43 -> 0.56) is the same run
+  """The `long` budget (README "Results on refer_shapes": J&F 0.43 -> 0.47-0.56) is the same run
   with twice the steps, so its figures compare with the default's; bad arguments are named."""
   from configs import ablations, refer_shapes  # noqa: PLC0415
 
