@@ -186,8 +186,8 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
       backbone_depth=c.backbone_depth, backbone_width=c.backbone_width,
       backbone_output_stride=c.backbone_output_stride, use_video_level=c.use_video_level,
       use_frame_level=c.use_frame_level, use_object_level=c.use_object_level,
-      object_encoder=c.object_encoder, alignment=c.alignment,
-      alignment_fusion=c.alignment_fusion, text_layers=c.text_layers,
+      object_encoder=c.object_encoder, embedding_position=c.embedding_position,
+      alignment=c.alignment, alignment_fusion=c.alignment_fusion, text_layers=c.text_layers,
       text_heads=c.text_heads, text_ffn_dim=c.text_ffn_dim)
   parity.randomize_(model)  # eval(): frozen BatchNorm statistics, as in the JAX rows
   b = make_batch(config, clips)

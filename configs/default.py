@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.use_frame_level = True
   model.use_object_level = True
   model.object_encoder = 'video'  # 'video' | 'frame' | 'fcn'
+  # Position in the embeddings' self-attention (Eq. 1-4): 'none' as printed (content only: the
+  # video-level embedding cannot tell a clip from its time reversal) or 'sine' (DETR / VisTR,
+  # which the paper builds on: sine encodings on queries and keys; models/embeddings.py).
+  model.embedding_position = 'none'
   model.alignment = 'dsa'  # 'dsa' | 'none'
   # Eq. 11: 'add' as printed, M = Linear(A S + P); 'multiply' adds A S * P (ours; see
   # rvos_jax/models/alignment.py for why).

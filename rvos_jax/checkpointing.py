@@ -57,7 +57,7 @@ REQUIRED_META_KEYS = ('config', 'data', 'vocab_sha256', 'vocab_size')
 INIT_ONLY_MODEL_KEYS = ('model.backbone_init', 'model.compute_dtype')
 # Keys added after checkpoints existed: absent from an older checkpoint, they read as the value
 # that reproduces what that checkpoint was trained with.
-LATER_MODEL_KEYS = {'model.alignment_fusion': 'add'}
+LATER_MODEL_KEYS = {'model.alignment_fusion': 'add', 'model.embedding_position': 'none'}
 META_FORMAT = 1
 
 

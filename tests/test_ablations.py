@@ -84,6 +84,15 @@ def test_alignment_switch():
     params(alignment='cross')
 
 
+def test_embedding_position_switch_adds_no_parameters():
+  # The sine encodings are constants: a checkpoint of either setting has the same arrays (the
+  # config check, not the tree, keeps one from being resumed as the other).
+  none, sine = params(), params(embedding_position='sine')
+  assert jax.tree.map(lambda x: x.shape, none) == jax.tree.map(lambda x: x.shape, sine)
+  with pytest.raises(ValueError, match='embedding_position'):
+    params(embedding_position='learned')
+
+
 def test_backbone_switches():
   p50 = params(backbone_depth=50, backbone_width=1.0)
   assert p50['reduce']['kernel'].shape == (1, 1, 2048, D)

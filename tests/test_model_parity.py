@@ -129,6 +129,7 @@ def test_full_model_small():
     dict(object_encoder='fcn'),
     dict(alignment='none'),
     dict(alignment_fusion='multiply'),
+    dict(embedding_position='sine'),
     dict(backbone_output_stride=8),
 ], ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()))
 def test_ablation_variants_small(switches):

@@ -41,16 +41,36 @@ def test_position_encodings_match_reference():
   assert len(np.unique(pos.round(5), axis=0)) == T * H * W
 
 
+@pytest.mark.parametrize('position', ['none', 'sine'])
 @pytest.mark.parametrize('level', ['video', 'frame'])
-def test_level_embeddings(level):
+def test_level_embeddings(level, position):
   flax_cls = {'video': embeddings.VideoLevelEmbedding, 'frame': embeddings.FrameLevelEmbedding}
   torch_cls = {'video': ref.VideoLevelEmbedding, 'frame': ref.FrameLevelEmbedding}
   p = _features()
-  tmod = parity.randomize_(torch_cls[level](D))
-  fmod = flax_cls[level]()
+  tmod = parity.randomize_(torch_cls[level](D, position))
+  fmod = flax_cls[level](position)
   out = fmod.apply(parity.port(tmod, fmod, p), p)
   expected = tmod(parity.nchw(p)).detach()
-  parity.assert_outputs_close(out, parity.nhwc(expected), f'{level}-level embedding')
+  parity.assert_outputs_close(out, parity.nhwc(expected), f'{level}-level embedding ({position})')
+
+
+@pytest.mark.parametrize('position,order_blind', [('none', True), ('sine', False)])
+def test_video_level_embedding_sees_time_order_only_with_position(position, order_blind):
+  """Eq. 1-3 as printed attend by content alone: reversing a clip in time only reverses its
+  embedding, so a left-moving and a right-moving object look the same. With the 3-D encoding
+  on queries and keys the reversed clip is embedded differently."""
+  p = _features(3)
+  module = embeddings.VideoLevelEmbedding(position)
+  variables = module.init(jax.random.key(2), p)
+  forward = module.apply(variables, p)
+  backward = module.apply(variables, p[:, ::-1])[:, ::-1]
+  diff = float(jnp.abs(forward - backward).max() / jnp.abs(forward).max())
+  if order_blind:
+    assert diff < 1e-5, diff
+  else:
+    assert diff > 1e-2, diff
+  with pytest.raises(ValueError, match='embedding_position'):
+    embeddings.VideoLevelEmbedding('learned').init(jax.random.key(0), p)
 
 
 def test_video_level_attends_across_frames_and_frame_level_does_not():
@@ -65,14 +85,15 @@ def test_video_level_attends_across_frames_and_frame_level_does_not():
     assert (changed > 1e-3) == crosses, (cls.__name__, changed)
 
 
-@pytest.mark.parametrize('kind', ['video', 'frame', 'fcn'])
-def test_object_encoder(kind):
+@pytest.mark.parametrize('kind,position', [('video', 'none'), ('frame', 'none'), ('fcn', 'none'),
+                                           ('video', 'sine'), ('frame', 'sine')])
+def test_object_encoder(kind, position):
   p = _features(1)
-  tmod = parity.randomize_(ref.ObjectEncoder(D, kind))
-  fmod = embeddings.ObjectEncoder(kind)
+  tmod = parity.randomize_(ref.ObjectEncoder(D, kind, position))
+  fmod = embeddings.ObjectEncoder(kind, position)
   out = fmod.apply(parity.port(tmod, fmod, p), p)
   expected = tmod(parity.nchw(p)).detach()
-  parity.assert_outputs_close(out, parity.nhwc(expected), f'object encoder ({kind})')
+  parity.assert_outputs_close(out, parity.nhwc(expected), f'object encoder ({kind}, {position})')
 
 
 def test_language_encoder_and_padding():

@@ -1,6 +1,15 @@
 """Multi-level visual representation (§3.1): video-, frame- and object-level embeddings.
 
 All features are channels-last, (B, T, h, w, d): P is the reduced res5 feature of every frame.
+
+Position. Eq. 1-4 as printed give the self-attention no position: every pixel attends by
+content alone, so the video-level embedding is permutation-equivariant over the T*h*w tokens.
+Reversing a clip in time then reverses its embedding and nothing more: "moving to the left"
+and "moving to the right" are the same set of features, and two look-alike objects pool each
+other's pixels. The paper takes the module from DETR [3] and VisTR [51], which add the sine
+encoding to the queries and keys (not the values). `position='sine'` does that: the 3-D
+(t, y, x) encoding for the video-level attention, the 2-D (y, x) one for the frame-level
+attention (the same encodings as POS^V of Eq. 9). `position='none'` is Eq. 1-4 as printed.
 """
 
 from __future__ import annotations
@@ -10,19 +19,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rvos_jax.models import position_encoding
+
+POSITIONS = ('none', 'sine')
+
+
+def _check_position(position: str) -> None:
+  if position not in POSITIONS:
+    raise ValueError(f'model.embedding_position must be one of {POSITIONS}, got {position!r}')
+
 
 class PixelSelfAttention(nn.Module):
   """Single-head dot-product self-attention with the residual of Eq. 3 / Eq. 4.
 
   x: (..., L, d) -> softmax(Q K^T / sqrt(d)) V + x over the L tokens of each leading index.
   The paper's Eq. 1-4 have no output projection, no normalisation and one head; neither do we.
+  pos (L, d), optional: added to the queries' and keys' input only (DETR / VisTR), so the
+  attention can depend on where tokens are while the values stay content.
   """
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, pos: jax.Array | None = None) -> jax.Array:
     d = x.shape[-1]
-    q = nn.Dense(d, name='q')(x)  # Eq. 1
-    k = nn.Dense(d, name='k')(x)
+    xp = x if pos is None else x + pos.astype(x.dtype)
+    q = nn.Dense(d, name='q')(xp)  # Eq. 1
+    k = nn.Dense(d, name='k')(xp)
     v = nn.Dense(d, name='v')(x)
     logits = jnp.einsum('...qc,...kc->...qk', q, k) / jnp.sqrt(jnp.asarray(d, x.dtype))
     attn = jax.nn.softmax(logits, axis=-1)  # Eq. 2
@@ -30,24 +51,42 @@ class PixelSelfAttention(nn.Module):
 
 
 class VideoLevelEmbedding(nn.Module):
-  """Eq. 1-3: one attention over all T*h*w pixels of the clip (long-temporal context)."""
+  """Eq. 1-3: one attention over all T*h*w pixels of the clip (long-temporal context).
+
+  position: 'none' (as printed) or 'sine' (3-D (t, y, x) encoding on queries and keys).
+  """
+
+  position: str = 'none'
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
     chex.assert_rank(p, 5)
+    _check_position(self.position)
     b, t, h, w, d = p.shape
-    out = PixelSelfAttention(name='attn')(p.reshape(b, t * h * w, d))
+    pos = None
+    if self.position == 'sine':
+      pos = jnp.asarray(position_encoding.sine_3d(t, h, w, d).reshape(t * h * w, d))
+    out = PixelSelfAttention(name='attn')(p.reshape(b, t * h * w, d), pos)
     return out.reshape(b, t, h, w, d)
 
 
 class FrameLevelEmbedding(nn.Module):
-  """Eq. 4: the same attention over each frame's h*w pixels separately."""
+  """Eq. 4: the same attention over each frame's h*w pixels separately.
+
+  position: 'none' (as printed) or 'sine' (2-D (y, x) encoding on queries and keys).
+  """
+
+  position: str = 'none'
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
     chex.assert_rank(p, 5)
+    _check_position(self.position)
     b, t, h, w, d = p.shape
-    out = PixelSelfAttention(name='attn')(p.reshape(b, t, h * w, d))
+    pos = None
+    if self.position == 'sine':
+      pos = jnp.asarray(position_encoding.sine_2d(h, w, d).reshape(h * w, d))
+    out = PixelSelfAttention(name='attn')(p.reshape(b, t, h * w, d), pos)
     return out.reshape(b, t, h, w, d)
 
 
@@ -62,18 +101,20 @@ class ObjectEncoder(nn.Module):
   'video' (the paper's choice): a video-level encoder with its own weights, then a 3x3 conv;
   'frame': a frame-level encoder, then a 3x3 conv;
   'fcn':   a plain fully-convolutional encoder, 3x3 conv - ReLU - 3x3 conv.
+  position: the encoders' query/key position ('none' or 'sine'; see the module docstring).
   """
 
   kind: str = 'video'
+  position: str = 'none'
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
     chex.assert_rank(p, 5)
     d = p.shape[-1]
     if self.kind == 'video':
-      x = conv3x3(d, 'conv')(VideoLevelEmbedding(name='encoder')(p))
+      x = conv3x3(d, 'conv')(VideoLevelEmbedding(self.position, name='encoder')(p))
     elif self.kind == 'frame':
-      x = conv3x3(d, 'conv')(FrameLevelEmbedding(name='encoder')(p))
+      x = conv3x3(d, 'conv')(FrameLevelEmbedding(self.position, name='encoder')(p))
     elif self.kind == 'fcn':
       x = conv3x3(d, 'conv')(nn.relu(conv3x3(d, 'conv0')(p)))
     else:

@@ -45,6 +45,8 @@ class MLRLSA(nn.Module):
     frozen_bn: keep the backbone's BatchNorm statistics and affine fixed.
     use_video_level / use_frame_level / use_object_level: the three levels of §3.1.
     object_encoder: 'video' (paper), 'frame' or 'fcn'.
+    embedding_position: 'none' (Eq. 1-4 as printed: attention by content only, blind to time
+      order) or 'sine' (DETR / VisTR: sine encodings on the embeddings' queries and keys).
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
     alignment_fusion: 'add' (Eq. 11) or 'multiply' (adds S_hat * P; see SemanticAlignment).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
@@ -63,6 +65,7 @@ class MLRLSA(nn.Module):
   use_frame_level: bool = True
   use_object_level: bool = True
   object_encoder: str = 'video'
+  embedding_position: str = 'none'
   alignment: str = 'dsa'
   alignment_fusion: str = 'add'
   text_layers: int = 2
@@ -91,6 +94,7 @@ class MLRLSA(nn.Module):
     if not (self.use_video_level or self.use_frame_level or self.use_object_level):
       raise ValueError('MLRL-SA needs at least one of the video, frame and object levels.')
     d = self.hidden_dim
+    position = self.embedding_position
 
     dtype = frames.dtype  # float32, or the compute dtype of rvos_jax.precision.apply
     x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN, dtype)
@@ -106,15 +110,15 @@ class MLRLSA(nn.Module):
     levels = []
     object_logits = None
     if self.use_video_level:
-      p_video = VideoLevelEmbedding(name='video_embedding')(p)  # Eq. 1-3
+      p_video = VideoLevelEmbedding(position, name='video_embedding')(p)  # Eq. 1-3
       s_video = self._language('video_language')(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
     if self.use_frame_level:
-      p_frame = FrameLevelEmbedding(name='frame_embedding')(p)  # Eq. 4
+      p_frame = FrameLevelEmbedding(position, name='frame_embedding')(p)  # Eq. 4
       s_frame = self._language('frame_language')(words, token_mask, train)
       levels.append(self._align('frame_alignment', '2d')(p_frame, s_frame, token_mask))
     if self.use_object_level:
-      p_object = ObjectEncoder(self.object_encoder, name='object_encoder')(p)  # Eq. 5
+      p_object = ObjectEncoder(self.object_encoder, position, name='object_encoder')(p)  # Eq. 5
       y = PyramidHead(self.decoder_dim, 1, name='object_decoder')(
           p_object.reshape(b * t, h, w, d), feats)  # Eq. 6
       object_logits = upsample_bilinear(y, (height, width))[..., 0].reshape(b, t, height, width)
@@ -150,6 +154,8 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       use_frame_level=c.use_frame_level,
       use_object_level=c.use_object_level,
       object_encoder=c.object_encoder,
+      # Configs saved before this key existed describe Eq. 1-4 as printed.
+      embedding_position=c.get('embedding_position', 'none'),
       alignment=c.alignment,
       # Configs saved before this key existed describe the paper's Eq. 11.
       alignment_fusion=c.get('alignment_fusion', 'add'),

@@ -62,31 +62,40 @@ class PixelSelfAttention(nn.Module):
     super().__init__()
     self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
 
-  def forward(self, x):  # (..., L, d)
-    a = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2) / math.sqrt(x.shape[-1]), -1)
+  def forward(self, x, pos=None):  # (..., L, d); pos (L, d) on queries and keys only
+    xp = x if pos is None else x + pos
+    a = torch.softmax(self.q(xp) @ self.k(xp).transpose(-1, -2) / math.sqrt(x.shape[-1]), -1)
     return a @ self.v(x) + x
 
 
 class VideoLevelEmbedding(nn.Module):
-  def __init__(self, d):
+  def __init__(self, d, position='none'):
     super().__init__()
     self.attn = PixelSelfAttention(d)
+    self.position = position
 
   def forward(self, p):  # (B, T, d, h, w)
     b, t, d, h, w = p.shape
     seq = p.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d)
-    return self.attn(seq).reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
+    pos = None
+    if self.position == 'sine':  # (t, d, h, w) -> (t*h*w, d)
+      pos = pos_3d(t, h, w, d).permute(0, 2, 3, 1).reshape(t * h * w, d)
+    return self.attn(seq, pos).reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
 
 
 class FrameLevelEmbedding(nn.Module):
-  def __init__(self, d):
+  def __init__(self, d, position='none'):
     super().__init__()
     self.attn = PixelSelfAttention(d)
+    self.position = position
 
   def forward(self, p):
     b, t, d, h, w = p.shape
     seq = p.permute(0, 1, 3, 4, 2).reshape(b, t, h * w, d)
-    return self.attn(seq).reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
+    pos = None
+    if self.position == 'sine':  # (d, h, w) -> (h*w, d)
+      pos = pos_2d(h, w, d).permute(1, 2, 0).reshape(h * w, d)
+    return self.attn(seq, pos).reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
 
 
 def _per_frame(fn, x):  # apply a 2-D op to (B, T, C, h, w)
@@ -96,13 +105,13 @@ def _per_frame(fn, x):  # apply a 2-D op to (B, T, C, h, w)
 
 
 class ObjectEncoder(nn.Module):
-  def __init__(self, d, kind):
+  def __init__(self, d, kind, position='none'):
     super().__init__()
     self.kind = kind
     if kind == 'video':
-      self.encoder = VideoLevelEmbedding(d)
+      self.encoder = VideoLevelEmbedding(d, position)
     elif kind == 'frame':
-      self.encoder = FrameLevelEmbedding(d)
+      self.encoder = FrameLevelEmbedding(d, position)
     else:
       self.conv0 = nn.Conv2d(d, d, 3, padding=1)
     self.conv = nn.Conv2d(d, d, 3, padding=1)
@@ -251,8 +260,8 @@ class MLRLSA(nn.Module):
   def __init__(self, vocab_size, hidden_dim=384, decoder_dim=256, backbone_depth=50,
                backbone_width=1.0, backbone_output_stride=32, use_video_level=True,
                use_frame_level=True, use_object_level=True, object_encoder='video',
-               alignment='dsa', alignment_fusion='add', text_layers=2, text_heads=8,
-               text_ffn_dim=1536):
+               embedding_position='none', alignment='dsa', alignment_fusion='add',
+               text_layers=2, text_heads=8, text_ffn_dim=1536):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
@@ -269,13 +278,13 @@ class MLRLSA(nn.Module):
         lambda pos: SentenceFusion(d))
     lang = lambda: LanguageEncoder(d, text_layers, text_heads, text_ffn_dim)
     if 'video' in self.levels:
-      self.video_embedding = VideoLevelEmbedding(d)
+      self.video_embedding = VideoLevelEmbedding(d, embedding_position)
       self.video_language, self.video_alignment = lang(), align('3d')
     if 'frame' in self.levels:
-      self.frame_embedding = FrameLevelEmbedding(d)
+      self.frame_embedding = FrameLevelEmbedding(d, embedding_position)
       self.frame_language, self.frame_alignment = lang(), align('2d')
     if 'object' in self.levels:
-      self.object_encoder = ObjectEncoder(d, object_encoder)
+      self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position)
       self.object_decoder = PyramidHead(d, chans, c, 1)
       self.object_language, self.object_alignment = lang(), align('2d')
     k = len(self.levels) * d
