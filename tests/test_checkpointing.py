@@ -188,6 +188,20 @@ def test_model_config_mismatch_names_key_values_and_path(tmp_path):
   assert checkpointing.restore_latest(manager, target, config=config) is not None
 
 
+def test_keys_added_later_read_as_what_older_checkpoints_were_trained_with():
+  # A checkpoint from before model.alignment_fusion / model.embedding_position existed was
+  # trained with Eq. 11 and Eq. 1-4 as printed: it resumes under those values, not others.
+  old = {'config': checkpointing.config_to_dict(make_config())}
+  config = make_config()
+  config.model.alignment_fusion = 'add'
+  config.model.embedding_position = 'none'
+  checkpointing.check_model_config(old, config)
+  config.model.embedding_position = 'sine'
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match="model.embedding_position: 'none' in the checkpoint vs 'sine'"):
+    checkpointing.check_model_config(old, config)
+
+
 def test_shape_mismatch_names_leaves_and_shapes(tmp_path):
   manager = checkpointing.make_manager(tmp_path, max_to_keep=1, save_interval_steps=1)
   checkpointing.save(manager, 2, make_state(w_shape=(2, 3)), make_meta())
