@@ -91,6 +91,9 @@ def test_embedding_position_switch_adds_no_parameters():
   assert jax.tree.map(lambda x: x.shape, none) == jax.tree.map(lambda x: x.shape, sine)
   with pytest.raises(ValueError, match='embedding_position'):
     params(embedding_position='learned')
+  with pytest.raises(ValueError, match='embedding_position'):  # no attention left to check it
+    params(embedding_position='learned', use_video_level=False, use_frame_level=False,
+           object_encoder='fcn')
 
 
 def test_backbone_switches():

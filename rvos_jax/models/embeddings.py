@@ -110,6 +110,7 @@ class ObjectEncoder(nn.Module):
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
     chex.assert_rank(p, 5)
+    _check_position(self.position)  # also for 'fcn', which has no attention to give it to
     d = p.shape[-1]
     if self.kind == 'video':
       x = conv3x3(d, 'conv')(VideoLevelEmbedding(self.position, name='encoder')(p))
