@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   # video-level embedding cannot tell a clip from its time reversal) or 'sine' (DETR / VisTR,
   # which the paper builds on: sine encodings on queries and keys; models/embeddings.py).
   model.embedding_position = 'none'
+  # Heads of the embeddings' self-attention: 1 as printed (Eq. 1-3); DETR / VisTR use 8.
+  model.embedding_heads = 1
   model.alignment = 'dsa'  # 'dsa' | 'none'
   # Eq. 11: 'add' as printed, M = Linear(A S + P); 'multiply' adds A S * P (ours; see
   # rvos_jax/models/alignment.py for why).
@@ -48,12 +50,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Mixed precision (rvos_jax/precision.py): 'bfloat16' computes in bf16 on GPUs and TPUs with
   # float32 parameters, optimizer and losses. float32 on CPU: bf16 is slower without AMX.
   model.compute_dtype = 'float32'
+  # Not in the paper: a text-to-pixel head per level (CRIS), trained by loss.text_pixel_weight.
+  model.text_pixel_head = False
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.alpha = 0.2  # boundary weight in L_instance (Eq. 14)
   loss.beta = 0.1  # confidence weight (Eq. 16)
   loss.focal_alpha = 0.25
   loss.focal_gamma = 2.0
+  # Not in the paper: weight of the auxiliary text-to-pixel loss (CRIS) on the heads that
+  # model.text_pixel_head adds; 0 = the paper's Eq. 16.
+  loss.text_pixel_weight = 0.0
 
   config.optim = optim = ml_collections.ConfigDict()
   # The paper prints "1e-4 for backbone, 1e-5 for the remaining part"; nearly every RVOS code

@@ -57,7 +57,8 @@ REQUIRED_META_KEYS = ('config', 'data', 'vocab_sha256', 'vocab_size')
 INIT_ONLY_MODEL_KEYS = ('model.backbone_init', 'model.compute_dtype')
 # Keys added after checkpoints existed: absent from an older checkpoint, they read as the value
 # that reproduces what that checkpoint was trained with.
-LATER_MODEL_KEYS = {'model.alignment_fusion': 'add', 'model.embedding_position': 'none'}
+LATER_MODEL_KEYS = {'model.alignment_fusion': 'add', 'model.embedding_position': 'none',
+                    'model.embedding_heads': 1, 'model.text_pixel_head': False}
 META_FORMAT = 1
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rvos_jax.models.outputs import ModelOutputs
+from rvos_jax.models.segmentation import upsample_bilinear
 
 
 def _check_pixelwise(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
@@ -206,6 +207,35 @@ def confidence_loss(
   return _mean_over_valid_frames((score - iou) ** 2, weights)
 
 
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """Plain sigmoid cross-entropy, mean over the pixels of the valid frames."""
+  weights = _check_pixelwise(logits, targets, weights)
+  x = logits.astype(jnp.float32)
+  y = targets.astype(jnp.float32)
+  ce = -(y * jax.nn.log_sigmoid(x) + (1.0 - y) * jax.nn.log_sigmoid(-x))
+  return _mean_over_valid_frames(jnp.mean(ce, axis=(-2, -1)), weights)
+
+
+def text_pixel_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+  """Auxiliary text-to-pixel loss (CRIS, Wang et al. CVPR 2022; not in the paper).
+
+  logits (B, T, h, w, L): one map per level (ModelOutputs.text_pixel_logits), upsampled
+  bilinearly to the masks' (B, T, H, W) like every other head; Dice + cross-entropy against the
+  referred mask, averaged over the L levels. Every pixel that is not the referred object,
+  the look-alike twin included, is a negative.
+  """
+  chex.assert_rank(logits, 5)
+  b, t, h, w, levels = logits.shape
+  height, width = targets.shape[-2:]
+  up = upsample_bilinear(jnp.moveaxis(logits, -1, 1).reshape(b * levels * t, h, w, 1),
+                         (height, width)).reshape(b, levels, t, height, width)
+  total = jnp.zeros((), jnp.float32)
+  for level in range(levels):
+    total += dice_loss(up[:, level], targets, weights)
+    total += binary_cross_entropy(up[:, level], targets, weights)
+  return total / levels
+
+
 def _batch_array(batch: Mapping[str, jax.Array], key: str, shape: tuple[int, ...], what: str):
   """batch[key], checked against the shape of the model output it supervises."""
   if key not in batch:
@@ -227,6 +257,7 @@ def total_loss(
     beta: float = 0.1,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    text_pixel_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The overall objective of Eq. 16: L = L_object + L_instance + beta * L_conf.
 
@@ -269,6 +300,10 @@ def total_loss(
 
   conf = confidence_loss(outputs.confidence, e, masks, weights)
   total = obj + instance + beta * conf  # Eq. 16
+  text_pixel = jnp.zeros((), jnp.float32)
+  if outputs.text_pixel_logits is not None and text_pixel_weight:
+    text_pixel = text_pixel_loss(outputs.text_pixel_logits, masks, weights)
+    total = total + text_pixel_weight * text_pixel
   parts = {
       "object": obj,
       "mask": dice + focal,
@@ -276,6 +311,7 @@ def total_loss(
       "focal": focal,
       "boundary": bdry,
       "confidence": conf,
+      "text_pixel": text_pixel,
       "total": total,
   }
   return total, parts

@@ -203,7 +203,8 @@ def flax_to_torch(variables: Variables, *, prefix: str = '') -> dict[str, np.nda
     if key in out:
       raise PortError('flax_to_torch: two Flax variables map to one torch key',
                       other=[f'{key} <- {".".join(full_key)}'])
-    out[key] = np.ascontiguousarray(value.transpose(_inverse(perm)) if perm else value)
+    # np.asarray(order='C'), not np.ascontiguousarray: the latter turns a 0-d leaf into (1,).
+    out[key] = np.asarray(value.transpose(_inverse(perm)) if perm else value, order='C')
   return out
 
 

@@ -29,7 +29,7 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         t.copy_(torch.randn(t.shape, generator=g) * 0.1)
       elif t.ndim == 1 and name.endswith('weight'):  # norm scales
         t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-      elif t.ndim == 1:  # biases
+      elif t.ndim <= 1:  # biases (0-d: a scalar bias)
         t.copy_(torch.randn(t.shape, generator=g) * 0.1)
       else:  # conv / linear / embedding: keep the variance torch's init gives, re-drawn
         fan_in = t[0].numel()

@@ -96,6 +96,26 @@ def test_embedding_position_switch_adds_no_parameters():
            object_encoder='fcn')
 
 
+def test_embedding_heads_switch_splits_the_same_parameters():
+  # Heads split the channels of the same Q, K, V (no output projection, as in Eq. 1-3): the
+  # tree is unchanged, the numbers are not; a head count that does not divide d is refused.
+  one, four = params(), params(embedding_heads=4)
+  assert jax.tree.map(lambda x: x.shape, one) == jax.tree.map(lambda x: x.shape, four)
+  with pytest.raises(ValueError, match='embedding_heads'):
+    params(embedding_heads=5)
+
+
+def test_text_pixel_head_switch_adds_one_head_per_level():
+  base, heads = params(), params(text_pixel_head=True)
+  added = set(heads) - set(base)
+  assert added == {'video_text_pixel', 'frame_text_pixel', 'object_text_pixel'}
+  for name in added:
+    assert set(heads[name]) == {'sentence', 'pixels', 'bias'}
+    assert heads[name]['pixels']['kernel'].shape == (D, D)
+  assert set(params(text_pixel_head=True, use_frame_level=False)) - set(base) == {
+      'video_text_pixel', 'object_text_pixel'}
+
+
 def test_backbone_switches():
   p50 = params(backbone_depth=50, backbone_width=1.0)
   assert p50['reduce']['kernel'].shape == (1, 1, 2048, D)

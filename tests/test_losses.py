@@ -455,3 +455,62 @@ def test_bad_batch_names_the_key():
   jb["masks"] = jb["masks"][:, :, :-1]
   with pytest.raises(ValueError, match=r"batch\['masks'\]"):
     losses.total_loss(outputs, jb)
+
+
+# ---------------------------------------------------------------------------------------------
+# The auxiliary text-to-pixel loss (CRIS; not in the paper).
+
+
+def _text_pixel_case(seed=0):
+  arrays, batch = _make_case(seed)
+  rng = np.random.default_rng(seed + 10)
+  # Low-resolution maps (h, w not dividing H, W) for 3 levels, upsampled inside the loss.
+  arrays["text_pixel_logits"] = 3 * rng.standard_normal((B, T, 7, 11, 3)).astype(np.float32)
+  return arrays, batch
+
+
+def test_text_pixel_loss_parity():
+  arrays, batch = _text_pixel_case()
+  jb, tb = _jax_batch(batch), {k: torch.tensor(v) for k, v in batch.items()}
+  w_j, w_t = jb["frame_valid"].astype(jnp.float32), tb["frame_valid"].float()
+  logits = arrays["text_pixel_logits"]
+  got, grad = jax.value_and_grad(losses.text_pixel_loss)(jnp.asarray(logits), jb["masks"], w_j)
+  leaf = _torch(logits, grad=True)
+  want = ref.text_pixel_loss(leaf, tb["masks"], w_t)
+  want.backward()
+  assert _rel(got, want.item()) <= LOSS_RTOL, (float(got), want.item())
+  err = np.linalg.norm(np.asarray(grad) - leaf.grad.numpy()) / np.linalg.norm(leaf.grad.numpy())
+  assert err <= GRAD_RTOL, f"gradient rel diff {err:.2e}"
+  # In total_loss, with a weight: the same term, scaled, on top of Eq. 16.
+  outputs = _jax_outputs(arrays).replace(text_pixel_logits=jnp.asarray(logits))
+  paper, paper_parts = losses.total_loss(_jax_outputs(arrays), jb)
+  total, parts = losses.total_loss(outputs, jb, text_pixel_weight=0.5)
+  assert _rel(parts["text_pixel"], float(got)) <= LOSS_RTOL
+  assert _rel(total, float(paper) + 0.5 * float(got)) <= LOSS_RTOL
+  # Weight 0 (the paper's objective) ignores the heads' output entirely.
+  zero, zero_parts = losses.total_loss(outputs, jb, text_pixel_weight=0.0)
+  assert float(zero) == float(paper) and float(zero_parts["text_pixel"]) == 0.0
+  assert float(paper_parts["text_pixel"]) == 0.0
+
+
+def test_text_pixel_loss_padded_frame_and_twin():
+  arrays, batch = _text_pixel_case(seed=3)
+  jb = _jax_batch(batch)
+  w = jb["frame_valid"].astype(jnp.float32)
+  logits = jnp.asarray(arrays["text_pixel_logits"])
+  # The padded frame (1, T-1) neither changes the loss nor gets a gradient.
+  base, grad = jax.value_and_grad(losses.text_pixel_loss)(logits, jb["masks"], w)
+  noisy = logits.at[1, T - 1].set(100.0)
+  assert float(losses.text_pixel_loss(noisy, jb["masks"], w)) == pytest.approx(float(base))
+  assert float(jnp.abs(grad[1, T - 1]).max()) == 0.0
+  # Every non-target pixel is a negative: a map on the target alone beats one that also covers
+  # a look-alike twin (the hedge the motion expressions invite).
+  target = np.zeros((1, 1, 16, 16), np.float32)
+  target[..., 2:6, 2:6] = 1
+  twin = np.zeros_like(target)
+  twin[..., 10:14, 10:14] = 1
+  ones = jnp.ones((1, 1))
+  as_logits = lambda m: jnp.asarray((m * 16 - 8)[..., None])  # full-resolution maps, 1 level
+  alone = losses.text_pixel_loss(as_logits(target), jnp.asarray(target), ones)
+  hedge = losses.text_pixel_loss(as_logits(target + twin), jnp.asarray(target), ones)
+  assert float(alone) < 0.05 < 0.3 < float(hedge)

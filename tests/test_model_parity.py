@@ -70,20 +70,25 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
   tframes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs['frames'], -1, 2)))
   tbatch = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
   tout = tmodel(tframes, tbatch['tokens'].long(), tbatch['token_mask'])
-  for name in ('mask_logits', 'boundary_logits', 'object_logits', 'confidence'):
+  for name in ('mask_logits', 'boundary_logits', 'object_logits', 'confidence',
+               'text_pixel_logits'):
     if tout[name] is None:
       assert getattr(out, name) is None
       continue
     parity.assert_outputs_close(getattr(out, name), tout[name].detach(), f'model {name}')
 
-  # Total loss (Eq. 16) and its gradients.
+  # Total loss (Eq. 16, plus the text-to-pixel loss when its heads are on) and its gradients.
+  text_pixel_weight = 0.7 if switches.get('text_pixel_head') else 0.0
+
   def loss_fn(params):
     o = fmodel.apply({**variables, 'params': params}, *args)
-    return losses.total_loss(o, inputs)[0]
+    return losses.total_loss(o, inputs, text_pixel_weight=text_pixel_weight)[0]
 
   loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
   tloss, _ = ref_losses.total_loss(tout['mask_logits'], tout['boundary_logits'],
-                                   tout['object_logits'], tout['confidence'], tbatch)
+                                   tout['object_logits'], tout['confidence'], tbatch,
+                                   text_pixel_logits=tout['text_pixel_logits'],
+                                   text_pixel_weight=text_pixel_weight)
   rel = abs(float(loss) - tloss.item()) / abs(tloss.item())
   assert rel <= parity.LOSS_RTOL, f'total loss {float(loss)} vs {tloss.item()}: rel {rel:.1e}'
   print(f'total loss rel diff {rel:.1e}')
@@ -130,10 +135,17 @@ def test_full_model_small():
     dict(alignment='none'),
     dict(alignment_fusion='multiply'),
     dict(embedding_position='sine'),
+    dict(embedding_heads=4, embedding_position='sine'),
+    dict(embedding_heads=4, object_encoder='frame'),
     dict(backbone_output_stride=8),
 ], ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()))
 def test_ablation_variants_small(switches):
   run_parity(SMALL, small_inputs(), check_grads=False, **switches)
+
+
+def test_text_pixel_heads_small():
+  # Gradients included: the auxiliary loss reaches the embeddings and the language encoders.
+  run_parity(SMALL, small_inputs(), text_pixel_head=True)
 
 
 @pytest.mark.slow  # ~1 min; ResNet-50 parity alone stays in the default suite (test_resnet.py)

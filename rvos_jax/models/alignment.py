@@ -74,3 +74,25 @@ class SentenceFusion(nn.Module):
     sentence = (s * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
     sentence = nn.Dense(d, name='sentence')(sentence)
     return nn.Dense(d, name='out')(p + sentence[:, None, None, None, :])
+
+
+class TextPixelHead(nn.Module):
+  """Text-to-pixel logits for the auxiliary contrastive loss of CRIS (Wang et al., CVPR 2022).
+
+  Not in the paper. P (B, T, h, w, d), S (B, N, d), word mask (B, N) -> logits (B, T, h, w):
+  <Linear(P), Linear(mean_n S)> / sqrt(d) + b. Trained with a binary cross-entropy against the
+  referred mask at h x w (rvos_jax.losses.text_pixel_loss), it pulls the sentence towards the
+  referred object's pixels and away from every other pixel, at the level the alignment reads.
+  """
+
+  @nn.compact
+  def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array) -> jax.Array:
+    chex.assert_rank([p, s, word_mask], [5, 3, 2])
+    d = p.shape[-1]
+    m = word_mask.astype(s.dtype)[..., None]
+    sentence = (s * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    sentence = nn.Dense(d, name='sentence')(sentence)
+    pixels = nn.Dense(d, name='pixels')(p)
+    bias = self.param('bias', nn.initializers.zeros, (), p.dtype)
+    logits = jnp.einsum('bthwc,bc->bthw', pixels, sentence) / jnp.sqrt(jnp.asarray(d, p.dtype))
+    return logits + bias

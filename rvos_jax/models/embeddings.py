@@ -30,24 +30,37 @@ def _check_position(position: str) -> None:
 
 
 class PixelSelfAttention(nn.Module):
-  """Single-head dot-product self-attention with the residual of Eq. 3 / Eq. 4.
+  """Dot-product self-attention with the residual of Eq. 3 / Eq. 4.
 
   x: (..., L, d) -> softmax(Q K^T / sqrt(d)) V + x over the L tokens of each leading index.
-  The paper's Eq. 1-4 have no output projection, no normalisation and one head; neither do we.
+  The paper's Eq. 1-4 have no output projection, no normalisation and one head; neither do we
+  by default. heads > 1 (ours, as in DETR / VisTR) splits Q, K, V into `heads` groups of
+  d / heads channels that attend separately (scale sqrt(d / heads)); their outputs are
+  concatenated, still with no output projection, so heads=1 is Eq. 1-3 exactly. Why: one head
+  takes one weighted mean per pixel, so it can look at one place in the other frames (where
+  the object was, say, one frame ago to its right); telling several directions of motion apart
+  needs several such looks.
   pos (L, d), optional: added to the queries' and keys' input only (DETR / VisTR), so the
   attention can depend on where tokens are while the values stay content.
   """
 
+  heads: int = 1
+
   @nn.compact
   def __call__(self, x: jax.Array, pos: jax.Array | None = None) -> jax.Array:
     d = x.shape[-1]
+    if self.heads < 1 or d % self.heads:
+      raise ValueError(f'model.embedding_heads must divide hidden_dim {d}, got {self.heads}')
     xp = x if pos is None else x + pos.astype(x.dtype)
-    q = nn.Dense(d, name='q')(xp)  # Eq. 1
-    k = nn.Dense(d, name='k')(xp)
-    v = nn.Dense(d, name='v')(x)
-    logits = jnp.einsum('...qc,...kc->...qk', q, k) / jnp.sqrt(jnp.asarray(d, x.dtype))
+    split = lambda y: y.reshape(*y.shape[:-1], self.heads, d // self.heads)
+    q = split(nn.Dense(d, name='q')(xp))  # Eq. 1
+    k = split(nn.Dense(d, name='k')(xp))
+    v = split(nn.Dense(d, name='v')(x))
+    scale = jnp.sqrt(jnp.asarray(d // self.heads, x.dtype))
+    logits = jnp.einsum('...qhc,...khc->...hqk', q, k) / scale
     attn = jax.nn.softmax(logits, axis=-1)  # Eq. 2
-    return jnp.einsum('...qk,...kc->...qc', attn, v) + x  # Eq. 3
+    out = jnp.einsum('...hqk,...khc->...qhc', attn, v)
+    return out.reshape(x.shape) + x  # Eq. 3
 
 
 class VideoLevelEmbedding(nn.Module):
@@ -57,6 +70,7 @@ class VideoLevelEmbedding(nn.Module):
   """
 
   position: str = 'none'
+  heads: int = 1
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
@@ -66,7 +80,7 @@ class VideoLevelEmbedding(nn.Module):
     pos = None
     if self.position == 'sine':
       pos = jnp.asarray(position_encoding.sine_3d(t, h, w, d).reshape(t * h * w, d))
-    out = PixelSelfAttention(name='attn')(p.reshape(b, t * h * w, d), pos)
+    out = PixelSelfAttention(self.heads, name='attn')(p.reshape(b, t * h * w, d), pos)
     return out.reshape(b, t, h, w, d)
 
 
@@ -77,6 +91,7 @@ class FrameLevelEmbedding(nn.Module):
   """
 
   position: str = 'none'
+  heads: int = 1
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
@@ -86,7 +101,7 @@ class FrameLevelEmbedding(nn.Module):
     pos = None
     if self.position == 'sine':
       pos = jnp.asarray(position_encoding.sine_2d(h, w, d).reshape(h * w, d))
-    out = PixelSelfAttention(name='attn')(p.reshape(b, t, h * w, d), pos)
+    out = PixelSelfAttention(self.heads, name='attn')(p.reshape(b, t, h * w, d), pos)
     return out.reshape(b, t, h, w, d)
 
 
@@ -102,10 +117,12 @@ class ObjectEncoder(nn.Module):
   'frame': a frame-level encoder, then a 3x3 conv;
   'fcn':   a plain fully-convolutional encoder, 3x3 conv - ReLU - 3x3 conv.
   position: the encoders' query/key position ('none' or 'sine'; see the module docstring).
+  heads: the encoders' attention heads (1 as printed; see PixelSelfAttention).
   """
 
   kind: str = 'video'
   position: str = 'none'
+  heads: int = 1
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
@@ -113,9 +130,9 @@ class ObjectEncoder(nn.Module):
     _check_position(self.position)  # also for 'fcn', which has no attention to give it to
     d = p.shape[-1]
     if self.kind == 'video':
-      x = conv3x3(d, 'conv')(VideoLevelEmbedding(self.position, name='encoder')(p))
+      x = conv3x3(d, 'conv')(VideoLevelEmbedding(self.position, self.heads, name='encoder')(p))
     elif self.kind == 'frame':
-      x = conv3x3(d, 'conv')(FrameLevelEmbedding(self.position, name='encoder')(p))
+      x = conv3x3(d, 'conv')(FrameLevelEmbedding(self.position, self.heads, name='encoder')(p))
     elif self.kind == 'fcn':
       x = conv3x3(d, 'conv')(nn.relu(conv3x3(d, 'conv0')(p)))
     else:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rvos_jax.models.alignment import SemanticAlignment, SentenceFusion
+from rvos_jax.models.alignment import SemanticAlignment, SentenceFusion, TextPixelHead
 from rvos_jax.models.embeddings import FrameLevelEmbedding, ObjectEncoder, VideoLevelEmbedding
 from rvos_jax.models.language import LanguageEncoder
 from rvos_jax.models.outputs import ModelOutputs
@@ -47,11 +47,15 @@ class MLRLSA(nn.Module):
     object_encoder: 'video' (paper), 'frame' or 'fcn'.
     embedding_position: 'none' (Eq. 1-4 as printed: attention by content only, blind to time
       order) or 'sine' (DETR / VisTR: sine encodings on the embeddings' queries and keys).
+    embedding_heads: attention heads of the video-, frame- and object-level embeddings (1 as
+      printed; more as in DETR / VisTR, see embeddings.PixelSelfAttention).
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
     alignment_fusion: 'add' (Eq. 11) or 'multiply' (adds S_hat * P; see SemanticAlignment).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
     compute_dtype: 'float32', 'bfloat16' or 'float16': read by rvos_jax.precision.apply, which
       casts the variables and frames; the module itself follows its input's dtype.
+    text_pixel_head: ours, not the paper's: a text-to-pixel logit map per level (CRIS) that
+      loss.text_pixel_weight trains (alignment.TextPixelHead); inference does not read it.
   """
 
   vocab_size: int
@@ -66,6 +70,7 @@ class MLRLSA(nn.Module):
   use_object_level: bool = True
   object_encoder: str = 'video'
   embedding_position: str = 'none'
+  embedding_heads: int = 1
   alignment: str = 'dsa'
   alignment_fusion: str = 'add'
   text_layers: int = 2
@@ -73,6 +78,7 @@ class MLRLSA(nn.Module):
   text_ffn_dim: int = 1536
   text_dropout: float = 0.1
   compute_dtype: str = 'float32'
+  text_pixel_head: bool = False
 
   def _align(self, name: str, position: str):
     if self.alignment == 'dsa':
@@ -94,7 +100,7 @@ class MLRLSA(nn.Module):
     if not (self.use_video_level or self.use_frame_level or self.use_object_level):
       raise ValueError('MLRL-SA needs at least one of the video, frame and object levels.')
     d = self.hidden_dim
-    position = self.embedding_position
+    position, heads = self.embedding_position, self.embedding_heads
 
     dtype = frames.dtype  # float32, or the compute dtype of rvos_jax.precision.apply
     x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN, dtype)
@@ -108,22 +114,30 @@ class MLRLSA(nn.Module):
     token_mask = token_mask.astype(bool)
     words = nn.Embed(self.vocab_size, d, name='word_embedding')(tokens)
     levels = []
+    text_pixel = []
     object_logits = None
     if self.use_video_level:
-      p_video = VideoLevelEmbedding(position, name='video_embedding')(p)  # Eq. 1-3
+      p_video = VideoLevelEmbedding(position, heads, name='video_embedding')(p)  # Eq. 1-3
       s_video = self._language('video_language')(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
+      if self.text_pixel_head:
+        text_pixel.append(TextPixelHead(name='video_text_pixel')(p_video, s_video, token_mask))
     if self.use_frame_level:
-      p_frame = FrameLevelEmbedding(position, name='frame_embedding')(p)  # Eq. 4
+      p_frame = FrameLevelEmbedding(position, heads, name='frame_embedding')(p)  # Eq. 4
       s_frame = self._language('frame_language')(words, token_mask, train)
       levels.append(self._align('frame_alignment', '2d')(p_frame, s_frame, token_mask))
+      if self.text_pixel_head:
+        text_pixel.append(TextPixelHead(name='frame_text_pixel')(p_frame, s_frame, token_mask))
     if self.use_object_level:
-      p_object = ObjectEncoder(self.object_encoder, position, name='object_encoder')(p)  # Eq. 5
+      p_object = ObjectEncoder(self.object_encoder, position, heads,
+                               name='object_encoder')(p)  # Eq. 5
       y = PyramidHead(self.decoder_dim, 1, name='object_decoder')(
           p_object.reshape(b * t, h, w, d), feats)  # Eq. 6
       object_logits = upsample_bilinear(y, (height, width))[..., 0].reshape(b, t, height, width)
       s_object = self._language('object_language')(words, token_mask, train)
       levels.append(self._align('object_alignment', '2d')(p_object, s_object, token_mask))
+      if self.text_pixel_head:
+        text_pixel.append(TextPixelHead(name='object_text_pixel')(p_object, s_object, token_mask))
 
     m = jnp.concatenate(levels, axis=-1).reshape(b * t, h, w, len(levels) * d)
     e, bdry = BoundaryAwareSegmentation(self.decoder_dim, name='segmentation')(
@@ -134,6 +148,7 @@ class MLRLSA(nn.Module):
         boundary_logits=bdry.reshape(b, t, height, width),
         object_logits=object_logits,
         confidence=confidence.reshape(b, t),
+        text_pixel_logits=jnp.stack(text_pixel, axis=-1) if text_pixel else None,
     )
     chex.assert_shape([outputs.mask_logits, outputs.boundary_logits], (b, t, height, width))
     return outputs
@@ -156,6 +171,8 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       object_encoder=c.object_encoder,
       # Configs saved before this key existed describe Eq. 1-4 as printed.
       embedding_position=c.get('embedding_position', 'none'),
+      # Configs saved before these keys existed describe the paper's model.
+      embedding_heads=c.get('embedding_heads', 1),
       alignment=c.alignment,
       # Configs saved before this key existed describe the paper's Eq. 11.
       alignment_fusion=c.get('alignment_fusion', 'add'),
@@ -164,6 +181,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       text_ffn_dim=c.text_ffn_dim,
       text_dropout=c.text_dropout,
       compute_dtype=c.get('compute_dtype', 'float32'),
+      text_pixel_head=c.get('text_pixel_head', False),
   )
 
 

@@ -16,9 +16,12 @@ class ModelOutputs:
     object_logits:   Y_object, the salient-object map (Eq. 6),          (B, T, H, W);
                      None when the object level is switched off.
     confidence:      C, one score logit per frame (Eq. 16); the score is sigmoid(C), (B, T)
+    text_pixel_logits: not in the paper: one text-to-pixel logit map per level at the
+                     embeddings' size, (B, T, h, w, levels); None unless model.text_pixel_head
   """
 
   mask_logits: jax.Array
   boundary_logits: jax.Array
   object_logits: jax.Array | None
   confidence: jax.Array
+  text_pixel_logits: jax.Array | None = None

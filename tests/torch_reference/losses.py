@@ -111,8 +111,24 @@ def confidence_loss(confidence_logits, mask_logits, targets, weights):
   return _frame_mean(per_frame, weights)
 
 
+def bce_loss(logits, targets, weights):
+  ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+  return _frame_mean(ce.flatten(2).mean(-1), weights)
+
+
+def text_pixel_loss(logits, targets, weights):  # logits (B, T, h, w, L)
+  b, t, h, w, levels = logits.shape
+  up = F.interpolate(logits.permute(0, 4, 1, 2, 3).reshape(b * levels * t, 1, h, w),
+                     size=targets.shape[-2:], mode="bilinear", align_corners=False)
+  up = up.reshape(b, levels, t, *targets.shape[-2:])
+  total = sum(dice_loss(up[:, i], targets, weights) + bce_loss(up[:, i], targets, weights)
+              for i in range(levels))
+  return total / levels
+
+
 def total_loss(mask_logits, boundary_logits, object_logits, confidence, batch, *,
-               alpha=0.2, beta=0.1, focal_alpha=0.25, focal_gamma=2.0):
+               alpha=0.2, beta=0.1, focal_alpha=0.25, focal_gamma=2.0,
+               text_pixel_logits=None, text_pixel_weight=0.0):
   """Eq. 16 with the erratum pairing of Eq. 14 (mask loss on E, boundary loss on B)."""
   weights = batch["frame_valid"].float()
   dice = dice_loss(mask_logits, batch["masks"], weights)
@@ -124,6 +140,10 @@ def total_loss(mask_logits, boundary_logits, object_logits, confidence, batch, *
     obj = mask_loss(object_logits, batch["object_masks"], weights, focal_alpha, focal_gamma)
   conf = confidence_loss(confidence, mask_logits, batch["masks"], weights)
   total = obj + dice + focal + alpha * bdry + beta * conf
+  text_pixel = torch.zeros(())
+  if text_pixel_logits is not None and text_pixel_weight:
+    text_pixel = text_pixel_loss(text_pixel_logits, batch["masks"], weights)
+    total = total + text_pixel_weight * text_pixel
   parts = {"object": obj, "mask": dice + focal, "dice": dice, "focal": focal,
-           "boundary": bdry, "confidence": conf, "total": total}
+           "boundary": bdry, "confidence": conf, "text_pixel": text_pixel, "total": total}
   return total, parts

@@ -58,20 +58,24 @@ def pos_3d(t: int, h: int, w: int, d: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- embeddings (§3.1)
 class PixelSelfAttention(nn.Module):
-  def __init__(self, d):
+  def __init__(self, d, heads=1):
     super().__init__()
+    self.heads = heads
     self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
 
   def forward(self, x, pos=None):  # (..., L, d); pos (L, d) on queries and keys only
     xp = x if pos is None else x + pos
-    a = torch.softmax(self.q(xp) @ self.k(xp).transpose(-1, -2) / math.sqrt(x.shape[-1]), -1)
-    return a @ self.v(x) + x
+    hd = x.shape[-1] // self.heads
+    split = lambda y: y.unflatten(-1, (self.heads, hd)).transpose(-2, -3)  # (..., H, L, hd)
+    q, k, v = split(self.q(xp)), split(self.k(xp)), split(self.v(x))
+    a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), -1)
+    return (a @ v).transpose(-2, -3).flatten(-2) + x
 
 
 class VideoLevelEmbedding(nn.Module):
-  def __init__(self, d, position='none'):
+  def __init__(self, d, position='none', heads=1):
     super().__init__()
-    self.attn = PixelSelfAttention(d)
+    self.attn = PixelSelfAttention(d, heads)
     self.position = position
 
   def forward(self, p):  # (B, T, d, h, w)
@@ -84,9 +88,9 @@ class VideoLevelEmbedding(nn.Module):
 
 
 class FrameLevelEmbedding(nn.Module):
-  def __init__(self, d, position='none'):
+  def __init__(self, d, position='none', heads=1):
     super().__init__()
-    self.attn = PixelSelfAttention(d)
+    self.attn = PixelSelfAttention(d, heads)
     self.position = position
 
   def forward(self, p):
@@ -105,13 +109,13 @@ def _per_frame(fn, x):  # apply a 2-D op to (B, T, C, h, w)
 
 
 class ObjectEncoder(nn.Module):
-  def __init__(self, d, kind, position='none'):
+  def __init__(self, d, kind, position='none', heads=1):
     super().__init__()
     self.kind = kind
     if kind == 'video':
-      self.encoder = VideoLevelEmbedding(d, position)
+      self.encoder = VideoLevelEmbedding(d, position, heads)
     elif kind == 'frame':
-      self.encoder = FrameLevelEmbedding(d, position)
+      self.encoder = FrameLevelEmbedding(d, position, heads)
     else:
       self.conv0 = nn.Conv2d(d, d, 3, padding=1)
     self.conv = nn.Conv2d(d, d, 3, padding=1)
@@ -199,6 +203,19 @@ class SentenceFusion(nn.Module):
     return self.out(seq).permute(0, 1, 4, 2, 3)
 
 
+class TextPixelHead(nn.Module):  # CRIS's text-to-pixel logits (not in the paper)
+  def __init__(self, d):
+    super().__init__()
+    self.sentence, self.pixels = nn.Linear(d, d), nn.Linear(d, d)
+    self.bias = nn.Parameter(torch.zeros(()))
+
+  def forward(self, p, s, mask):  # p (B, T, d, h, w) -> (B, T, h, w)
+    m = mask.float()[..., None]
+    sent = self.sentence((s * m).sum(1) / m.sum(1).clamp(min=1.0))
+    pix = self.pixels(p.permute(0, 1, 3, 4, 2))
+    return torch.einsum('bthwc,bc->bthw', pix, sent) / math.sqrt(p.shape[2]) + self.bias
+
+
 # ---------------------------------------------------------------- segmentation (§3.3)
 class ConvNormReLU(nn.Module):
   def __init__(self, cin, c):
@@ -261,7 +278,8 @@ class MLRLSA(nn.Module):
                backbone_width=1.0, backbone_output_stride=32, use_video_level=True,
                use_frame_level=True, use_object_level=True, object_encoder='video',
                embedding_position='none', alignment='dsa', alignment_fusion='add',
-               text_layers=2, text_heads=8, text_ffn_dim=1536):
+               text_layers=2, text_heads=8, text_ffn_dim=1536, embedding_heads=1,
+               text_pixel_head=False):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
@@ -278,15 +296,19 @@ class MLRLSA(nn.Module):
         lambda pos: SentenceFusion(d))
     lang = lambda: LanguageEncoder(d, text_layers, text_heads, text_ffn_dim)
     if 'video' in self.levels:
-      self.video_embedding = VideoLevelEmbedding(d, embedding_position)
+      self.video_embedding = VideoLevelEmbedding(d, embedding_position, embedding_heads)
       self.video_language, self.video_alignment = lang(), align('3d')
     if 'frame' in self.levels:
-      self.frame_embedding = FrameLevelEmbedding(d, embedding_position)
+      self.frame_embedding = FrameLevelEmbedding(d, embedding_position, embedding_heads)
       self.frame_language, self.frame_alignment = lang(), align('2d')
     if 'object' in self.levels:
-      self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position)
+      self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position, embedding_heads)
       self.object_decoder = PyramidHead(d, chans, c, 1)
       self.object_language, self.object_alignment = lang(), align('2d')
+    self.text_pixel_head = text_pixel_head
+    if text_pixel_head:
+      for level in self.levels:
+        setattr(self, f'{level}_text_pixel', TextPixelHead(d))
     k = len(self.levels) * d
     self.segmentation = BoundaryAwareSegmentation(k, chans, c)
     self.confidence = ConfidenceHead(k, d)
@@ -301,18 +323,25 @@ class MLRLSA(nn.Module):
     p = p.reshape(b, t, *p.shape[1:])
     words = self.word_embedding(tokens)
     ms, out = [], {'object_logits': None}
+    ps, ss = {}, {}
     if 'video' in self.levels:
-      ms.append(self.video_alignment(self.video_embedding(p),
-                                     self.video_language(words, token_mask), token_mask))
+      ps['video'], ss['video'] = self.video_embedding(p), self.video_language(words, token_mask)
+      ms.append(self.video_alignment(ps['video'], ss['video'], token_mask))
     if 'frame' in self.levels:
-      ms.append(self.frame_alignment(self.frame_embedding(p),
-                                     self.frame_language(words, token_mask), token_mask))
+      ps['frame'], ss['frame'] = self.frame_embedding(p), self.frame_language(words, token_mask)
+      ms.append(self.frame_alignment(ps['frame'], ss['frame'], token_mask))
     if 'object' in self.levels:
-      po = self.object_encoder(p)
+      po = ps['object'] = self.object_encoder(p)
       y = self.object_decoder(po.flatten(0, 1), feats)
       y = F.interpolate(y, size=(height, width), mode='bilinear', align_corners=False)
       out['object_logits'] = y.reshape(b, t, height, width)
-      ms.append(self.object_alignment(po, self.object_language(words, token_mask), token_mask))
+      ss['object'] = self.object_language(words, token_mask)
+      ms.append(self.object_alignment(po, ss['object'], token_mask))
+    out['text_pixel_logits'] = None
+    if self.text_pixel_head:
+      out['text_pixel_logits'] = torch.stack(
+          [getattr(self, f'{lvl}_text_pixel')(ps[lvl], ss[lvl], token_mask) for lvl in self.levels],
+          -1)
     m = torch.cat(ms, 2).flatten(0, 1)
     e, bdry = self.segmentation(m, feats, (height, width))
     out['mask_logits'] = e.reshape(b, t, height, width)
