@@ -188,7 +188,9 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
       use_frame_level=c.use_frame_level, use_object_level=c.use_object_level,
       object_encoder=c.object_encoder, embedding_position=c.embedding_position,
       alignment=c.alignment, alignment_fusion=c.alignment_fusion, text_layers=c.text_layers,
-      text_heads=c.text_heads, text_ffn_dim=c.text_ffn_dim)
+      text_heads=c.text_heads, text_ffn_dim=c.text_ffn_dim,
+      embedding_heads=c.get('embedding_heads', 1),
+      text_pixel_head=c.get('text_pixel_head', False))
   parity.randomize_(model)  # eval(): frozen BatchNorm statistics, as in the JAX rows
   b = make_batch(config, clips)
   frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(b['frames'], -1, 2)))
@@ -211,7 +213,9 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
     def call():
       out = model(frames, tokens, token_mask)
       loss, _ = ref_losses.total_loss(out['mask_logits'], out['boundary_logits'],
-                                      out['object_logits'], out['confidence'], tb)
+                                      out['object_logits'], out['confidence'], tb,
+                                      text_pixel_logits=out['text_pixel_logits'],
+                                      text_pixel_weight=config.loss.get('text_pixel_weight', 0.0))
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
