@@ -61,6 +61,12 @@ class SemanticAlignment(nn.Module):
     raise ValueError(f"model.alignment_fusion must be 'add' or 'multiply', got {self.fusion!r}")
 
 
+def mean_of_words(s: jax.Array, word_mask: jax.Array) -> jax.Array:
+  """(B, N, d) word features, (B, N) mask -> (B, d) mean over the valid words (0 if none)."""
+  m = word_mask.astype(s.dtype)[..., None]
+  return (s * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+
 class SentenceFusion(nn.Module):
   """'w/o alignment' (Table 3): the paper does not say what replaces DSA. Ours keeps the
   language in but removes the per-location word attention: the mean of the valid words'
@@ -70,9 +76,7 @@ class SentenceFusion(nn.Module):
   def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array) -> jax.Array:
     chex.assert_rank([p, s, word_mask], [5, 3, 2])
     d = p.shape[-1]
-    m = word_mask.astype(s.dtype)[..., None]
-    sentence = (s * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-    sentence = nn.Dense(d, name='sentence')(sentence)
+    sentence = nn.Dense(d, name='sentence')(mean_of_words(s, word_mask))
     return nn.Dense(d, name='out')(p + sentence[:, None, None, None, :])
 
 
@@ -80,18 +84,17 @@ class TextPixelHead(nn.Module):
   """Text-to-pixel logits for the auxiliary contrastive loss of CRIS (Wang et al., CVPR 2022).
 
   Not in the paper. P (B, T, h, w, d), S (B, N, d), word mask (B, N) -> logits (B, T, h, w):
-  <Linear(P), Linear(mean_n S)> / sqrt(d) + b. Trained with a binary cross-entropy against the
-  referred mask at h x w (rvos_jax.losses.text_pixel_loss), it pulls the sentence towards the
-  referred object's pixels and away from every other pixel, at the level the alignment reads.
+  <Linear(P), Linear(mean_n S)> / sqrt(d) + b. Trained with Dice + cross-entropy against the
+  referred mask, upsampled to H x W (rvos_jax.losses.text_pixel_loss), it pulls the sentence
+  towards the referred object's pixels and away from every other pixel, at the level the
+  alignment reads.
   """
 
   @nn.compact
   def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array) -> jax.Array:
     chex.assert_rank([p, s, word_mask], [5, 3, 2])
     d = p.shape[-1]
-    m = word_mask.astype(s.dtype)[..., None]
-    sentence = (s * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-    sentence = nn.Dense(d, name='sentence')(sentence)
+    sentence = nn.Dense(d, name='sentence')(mean_of_words(s, word_mask))
     pixels = nn.Dense(d, name='pixels')(p)
     bias = self.param('bias', nn.initializers.zeros, (), p.dtype)
     logits = jnp.einsum('bthwc,bc->bthw', pixels, sentence) / jnp.sqrt(jnp.asarray(d, p.dtype))
