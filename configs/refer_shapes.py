@@ -10,10 +10,10 @@ on 2 CPU cores:
 
 Not the paper's: the text-to-pixel loss (CRIS) is on (below). Where the quality is (README,
 "Results on refer_shapes"): 1500 steps give J&F 0.46-0.53 (seeds 0, 1; 0.42-0.43 without the
-text-to-pixel loss); 3000 steps with --config.model.embedding_position=sine
---config.model.embedding_heads=4 give 0.68 (seed 0, 32 min). The network is limited by the
-number of clips it sees, not by its width, learning rate or fusion formula, so `long` is the
-variant to use when half an hour is there.
+text-to-pixel loss); `long` (3000 steps) 0.655 (seed 0), and with
+--config.model.embedding_position=sine --config.model.embedding_heads=4 0.676 (32 min). The
+network is limited by the number of clips it sees, not by its width, learning rate or fusion
+formula, so `long` is the variant to use when half an hour is there.
 """
 
 from configs import default
@@ -75,9 +75,9 @@ def get_long_config():
   """Twice the default's steps (same schedule shape, stretched): ~30 min on 2 CPU cores.
 
   Measured before the text-to-pixel loss: J&F 0.426 after 1500 steps (seed 0), 0.564 and
-  0.473 after 3000 (seeds 0, 1). With it, embedding_position=sine and embedding_heads=4:
-  0.676 (seed 0). The words start to steer the mask only after ~700-1000 steps (README), so
-  the extra steps buy more than any width, learning rate or fusion did.
+  0.473 after 3000 (seeds 0, 1). With it: 0.655 (seed 0); adding embedding_position=sine and
+  embedding_heads=4: 0.676. The words start to steer the mask only after ~700-1000 steps
+  (README), so the extra steps buy more than any width, learning rate or fusion did.
   """
   config = get_config()
   config.train.num_steps *= 2  # 3000
