@@ -40,6 +40,12 @@ def _mean_over_valid_frames(per_frame: jax.Array, weights: jax.Array) -> jax.Arr
   return num / jnp.where(den > 0, den, 1.0)
 
 
+def sigmoid_cross_entropy(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Per-pixel binary cross-entropy of logits x against targets y, from log-sigmoid (not
+  log(sigmoid(x)), which underflows to log(0) for large |x|)."""
+  return -(y * jax.nn.log_sigmoid(x) + (1.0 - y) * jax.nn.log_sigmoid(-x))
+
+
 def dice_loss(
     logits: jax.Array, targets: jax.Array, weights: jax.Array, smooth: float = 1.0
 ) -> jax.Array:
@@ -77,7 +83,7 @@ def sigmoid_focal_loss(
   x = logits.astype(jnp.float32)
   y = targets.astype(jnp.float32)
   p = jax.nn.sigmoid(x)
-  ce = -(y * jax.nn.log_sigmoid(x) + (1.0 - y) * jax.nn.log_sigmoid(-x))
+  ce = sigmoid_cross_entropy(x, y)
   p_t = p * y + (1.0 - p) * (1.0 - y)
   loss = ce * (1.0 - p_t) ** gamma
   if alpha >= 0:
@@ -169,7 +175,7 @@ def boundary_loss(
   weights = _check_pixelwise(logits, boundary_targets, weights)
   x = logits.astype(jnp.float32)
   y = jax.lax.stop_gradient(boundary_targets.astype(jnp.float32))
-  bce = -(y * jax.nn.log_sigmoid(x) + (1.0 - y) * jax.nn.log_sigmoid(-x))
+  bce = sigmoid_cross_entropy(x, y)
   n = x.shape[-2] * x.shape[-1]
   n_pos = jnp.sum(y, axis=(-2, -1), keepdims=True)
   n_neg = n - n_pos
@@ -212,7 +218,7 @@ def binary_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arr
   weights = _check_pixelwise(logits, targets, weights)
   x = logits.astype(jnp.float32)
   y = targets.astype(jnp.float32)
-  ce = -(y * jax.nn.log_sigmoid(x) + (1.0 - y) * jax.nn.log_sigmoid(-x))
+  ce = sigmoid_cross_entropy(x, y)
   return _mean_over_valid_frames(jnp.mean(ce, axis=(-2, -1)), weights)
 
 
