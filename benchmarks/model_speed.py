@@ -190,7 +190,8 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
       alignment=c.alignment, alignment_fusion=c.alignment_fusion, text_layers=c.text_layers,
       text_heads=c.text_heads, text_ffn_dim=c.text_ffn_dim,
       embedding_heads=c.get('embedding_heads', 1),
-      text_pixel_head=c.get('text_pixel_head', False))
+      text_pixel_head=c.get('text_pixel_head', False),
+      video_temporal_kernel=c.get('video_temporal_kernel', 0))
   parity.randomize_(model)  # eval(): frozen BatchNorm statistics, as in the JAX rows
   b = make_batch(config, clips)
   frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(b['frames'], -1, 2)))

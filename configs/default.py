@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.embedding_position = 'none'
   # Heads of the embeddings' self-attention: 1 as printed (Eq. 1-3); DETR / VisTR use 8.
   model.embedding_heads = 1
+  # Not in the paper: an odd k adds a k x 3 x 3 convolution over (t, y, x) before the
+  # video-level attention (models/embeddings.py: the attention alone pools look-alike content
+  # whichever way it moves); 0 = Eq. 1-3 as printed.
+  model.video_temporal_kernel = 0
   model.alignment = 'dsa'  # 'dsa' | 'none'
   # Eq. 11: 'add' as printed, M = Linear(A S + P); 'multiply' adds A S * P (ours; see
   # rvos_jax/models/alignment.py for why).

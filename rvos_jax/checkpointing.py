@@ -58,7 +58,8 @@ INIT_ONLY_MODEL_KEYS = ('model.backbone_init', 'model.compute_dtype')
 # Keys added after checkpoints existed: absent from an older checkpoint, they read as the value
 # that reproduces what that checkpoint was trained with.
 LATER_MODEL_KEYS = {'model.alignment_fusion': 'add', 'model.embedding_position': 'none',
-                    'model.embedding_heads': 1, 'model.text_pixel_head': False}
+                    'model.embedding_heads': 1, 'model.text_pixel_head': False,
+                    'model.video_temporal_kernel': 0}
 META_FORMAT = 1
 
 

@@ -105,6 +105,24 @@ def test_embedding_heads_switch_splits_the_same_parameters():
     params(embedding_heads=5)
 
 
+def test_video_temporal_kernel_adds_one_conv_per_video_encoder():
+  base, conv = params(), params(video_temporal_kernel=3)
+  assert set(conv) == set(base)
+  for path in (('video_embedding',), ('object_encoder', 'encoder')):
+    a, b = base, conv
+    for key in path:
+      a, b = a[key], b[key]
+    assert set(b) - set(a) == {'temporal_conv'}
+    assert b['temporal_conv']['kernel'].shape == (3, 3, 3, D, D)
+  # The frame-level embedding and a 'frame' object encoder see one frame: nothing added.
+  assert 'temporal_conv' not in conv['frame_embedding']
+  frame = params(video_temporal_kernel=3, object_encoder='frame')
+  assert jax.tree.map(lambda x: x.shape, frame['object_encoder']) == jax.tree.map(
+      lambda x: x.shape, params(object_encoder='frame')['object_encoder'])
+  with pytest.raises(ValueError, match='video_temporal_kernel'):
+    params(video_temporal_kernel=2)
+
+
 def test_text_pixel_head_switch_adds_one_head_per_level():
   base, heads = params(), params(text_pixel_head=True)
   added = set(heads) - set(base)

@@ -49,6 +49,9 @@ class MLRLSA(nn.Module):
       order) or 'sine' (DETR / VisTR: sine encodings on the embeddings' queries and keys).
     embedding_heads: attention heads of the video-, frame- and object-level embeddings (1 as
       printed; more as in DETR / VisTR, see embeddings.PixelSelfAttention).
+    video_temporal_kernel: ours, 0 = as printed: an odd k adds a k x 3 x 3 convolution over
+      (t, y, x) before the video-level attention (and the 'video' object encoder's), which
+      sees directly which way things move (embeddings.VideoLevelEmbedding).
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
     alignment_fusion: 'add' (Eq. 11) or 'multiply' (adds S_hat * P; see SemanticAlignment).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
@@ -71,6 +74,7 @@ class MLRLSA(nn.Module):
   object_encoder: str = 'video'
   embedding_position: str = 'none'
   embedding_heads: int = 1
+  video_temporal_kernel: int = 0
   alignment: str = 'dsa'
   alignment_fusion: str = 'add'
   text_layers: int = 2
@@ -101,6 +105,7 @@ class MLRLSA(nn.Module):
       raise ValueError('MLRL-SA needs at least one of the video, frame and object levels.')
     d = self.hidden_dim
     position, heads = self.embedding_position, self.embedding_heads
+    temporal = self.video_temporal_kernel
 
     dtype = frames.dtype  # float32, or the compute dtype of rvos_jax.precision.apply
     x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN, dtype)
@@ -117,7 +122,7 @@ class MLRLSA(nn.Module):
     text_pixel = []
     object_logits = None
     if self.use_video_level:
-      p_video = VideoLevelEmbedding(position, heads, name='video_embedding')(p)  # Eq. 1-3
+      p_video = VideoLevelEmbedding(position, heads, temporal, name='video_embedding')(p)  # Eq. 1-3
       s_video = self._language('video_language')(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
       if self.text_pixel_head:
@@ -129,7 +134,7 @@ class MLRLSA(nn.Module):
       if self.text_pixel_head:
         text_pixel.append(TextPixelHead(name='frame_text_pixel')(p_frame, s_frame, token_mask))
     if self.use_object_level:
-      p_object = ObjectEncoder(self.object_encoder, position, heads,
+      p_object = ObjectEncoder(self.object_encoder, position, heads, temporal,
                                name='object_encoder')(p)  # Eq. 5
       y = PyramidHead(self.decoder_dim, 1, name='object_decoder')(
           p_object.reshape(b * t, h, w, d), feats)  # Eq. 6
@@ -173,6 +178,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       embedding_position=c.get('embedding_position', 'none'),
       # Configs saved before these keys existed describe the paper's model.
       embedding_heads=c.get('embedding_heads', 1),
+      video_temporal_kernel=c.get('video_temporal_kernel', 0),
       alignment=c.alignment,
       # Configs saved before this key existed describe the paper's Eq. 11.
       alignment_fusion=c.get('alignment_fusion', 'add'),

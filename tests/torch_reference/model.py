@@ -73,12 +73,17 @@ class PixelSelfAttention(nn.Module):
 
 
 class VideoLevelEmbedding(nn.Module):
-  def __init__(self, d, position='none', heads=1):
+  def __init__(self, d, position='none', heads=1, temporal_kernel=0):
     super().__init__()
     self.attn = PixelSelfAttention(d, heads)
     self.position = position
+    if temporal_kernel:
+      k = temporal_kernel
+      self.temporal_conv = nn.Conv3d(d, d, (k, 3, 3), padding=(k // 2, 1, 1))
 
   def forward(self, p):  # (B, T, d, h, w)
+    if hasattr(self, 'temporal_conv'):  # Conv3d wants (B, d, T, h, w)
+      p = p + self.temporal_conv(p.transpose(1, 2)).transpose(1, 2)
     b, t, d, h, w = p.shape
     seq = p.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d)
     pos = None
@@ -109,11 +114,11 @@ def _per_frame(fn, x):  # apply a 2-D op to (B, T, C, h, w)
 
 
 class ObjectEncoder(nn.Module):
-  def __init__(self, d, kind, position='none', heads=1):
+  def __init__(self, d, kind, position='none', heads=1, temporal_kernel=0):
     super().__init__()
     self.kind = kind
     if kind == 'video':
-      self.encoder = VideoLevelEmbedding(d, position, heads)
+      self.encoder = VideoLevelEmbedding(d, position, heads, temporal_kernel)
     elif kind == 'frame':
       self.encoder = FrameLevelEmbedding(d, position, heads)
     else:
@@ -279,7 +284,7 @@ class MLRLSA(nn.Module):
                use_frame_level=True, use_object_level=True, object_encoder='video',
                embedding_position='none', alignment='dsa', alignment_fusion='add',
                text_layers=2, text_heads=8, text_ffn_dim=1536, embedding_heads=1,
-               text_pixel_head=False):
+               text_pixel_head=False, video_temporal_kernel=0):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
@@ -296,13 +301,15 @@ class MLRLSA(nn.Module):
         lambda pos: SentenceFusion(d))
     lang = lambda: LanguageEncoder(d, text_layers, text_heads, text_ffn_dim)
     if 'video' in self.levels:
-      self.video_embedding = VideoLevelEmbedding(d, embedding_position, embedding_heads)
+      self.video_embedding = VideoLevelEmbedding(d, embedding_position, embedding_heads,
+                                                 video_temporal_kernel)
       self.video_language, self.video_alignment = lang(), align('3d')
     if 'frame' in self.levels:
       self.frame_embedding = FrameLevelEmbedding(d, embedding_position, embedding_heads)
       self.frame_language, self.frame_alignment = lang(), align('2d')
     if 'object' in self.levels:
-      self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position, embedding_heads)
+      self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position, embedding_heads,
+                                          video_temporal_kernel)
       self.object_decoder = PyramidHead(d, chans, c, 1)
       self.object_language, self.object_alignment = lang(), align('2d')
     self.text_pixel_head = text_pixel_head
