@@ -40,6 +40,8 @@ def get_config(arg: str | None = None):
   data.batch_size = 8
   data.eval_batch_size = 8
   data.shuffle_buffer = 256
+  # Every expression once per pass; `--config.data.kind_repeats.motion=4` oversamples a kind.
+  data.kind_repeats.update(appearance=1, motion=1, position=1, occluded=1)
 
   model = config.model
   model.backbone_depth, model.backbone_width = 18, 0.25

@@ -58,6 +58,12 @@ def get_data_config() -> ml_collections.ConfigDict:
   # Dice rewards while the language is still ignored) stops paying: only grounding lowers the
   # loss of both. batch_size must be a multiple of k. 1 = independent (video, expression) draws.
   c.expressions_per_clip = 1
+  # A curriculum by expression kind (refer_shapes only: it writes each expression's kind in
+  # meta_expressions/<split>/expression_kinds.json): {kind: n} enters every training expression
+  # of that kind n times per pass over the data (0 drops the kind; kinds not named: once).
+  # configs/refer_shapes.py lists its four kinds at 1, so `--config.data.kind_repeats.motion=4`
+  # works from the command line. Needs expressions_per_clip=1.
+  c.kind_repeats = ml_collections.ConfigDict()
 
   # tf.data knobs. shuffle_buffer counts (video, expression) samples.
   c.shuffle_buffer = 512

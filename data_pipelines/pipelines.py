@@ -18,6 +18,7 @@ Training is deterministic for a given config.seed: every random draw is stateles
 (seed, position in the stream), and all parallel stages keep their order.
 """
 
+import os
 from collections.abc import Iterator
 
 import ml_collections
@@ -26,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from data_pipelines import builders, clip_ops
+from data_pipelines import builders, clip_ops, ytvos_layout
 from data_pipelines.vocabulary import (
   Vocabulary,
   encode_tf,
@@ -88,17 +89,55 @@ def _excluded_expressions(config, builder, split) -> list[str]:
   return [f'{v}/{e}' for v, e, _ in long]
 
 
-def _expand_expressions(record, excluded: tf.lookup.StaticHashTable | None):
-  """Video record -> one element per (video, expression), dropping excluded ones."""
+def _expression_repeats(config, builder, split: str) -> dict[str, int]:
+  """'video/exp_id' -> how often the expression enters one pass over the split, for those not
+  entered exactly once: 0 for over-long ones dropped (config.long_expressions), and
+  config.kind_repeats[kind] for the kinds of expression_kinds.json (refer_shapes)."""
+  repeats = dict.fromkeys(_excluded_expressions(config, builder, split), 0)
+  kind_repeats = dict(config.get('kind_repeats') or {})
+  for kind, n in kind_repeats.items():
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+      raise ValueError(f'config.data.kind_repeats[{kind!r}] must be an integer >= 0, got {n!r}')
+  kind_repeats = {kind: n for kind, n in kind_repeats.items() if n != 1}
+  if not kind_repeats:  # every kind once: the plain stream (no kinds file needed)
+    return repeats
+  meta = ytvos_layout.meta_expressions_path(config.root, split)
+  kinds = ytvos_layout.read_expression_kinds(meta)
+  if kinds is None:
+    raise ValueError(f'config.data.kind_repeats={kind_repeats} needs the expression kinds of '
+                     f'{split}, and {os.path.dirname(meta)} has no '
+                     f'{ytvos_layout.EXPRESSION_KINDS} (only refer_shapes writes one)')
+  known = sorted({kind for v in kinds.values() for kind in v.values()})
+  for kind in kind_repeats:
+    if kind not in known:
+      raise ValueError(f'config.data.kind_repeats: no {split} expression is of kind {kind!r} '
+                       f'(kinds: {known})')
+  exps = builders.expressions_of(builder, split)
+  counts = dict.fromkeys(kind_repeats, 0)
+  for v in sorted(exps):
+    for e in sorted(exps[v]):
+      kind = kinds.get(v, {}).get(e)
+      if kind in kind_repeats and repeats.get(f'{v}/{e}', 1):
+        repeats[f'{v}/{e}'] = kind_repeats[kind]
+        counts[kind] += 1
+  if kind_repeats:
+    logging.info('%s/%s: kind_repeats %s', builder.name, split, ', '.join(
+        f'{kind} x{n} ({counts[kind]} expressions)' for kind, n in kind_repeats.items()))
+  return repeats
+
+
+def _expand_expressions(record, repeats: tf.lookup.StaticHashTable | None):
+  """Video record -> one element per (video, expression), each `repeats` times (default 1;
+  0 drops it)."""
   e = record['expressions']
   per_exp = {'exp_id': e['exp_id'], 'exp': e['exp'], 'obj_id': e['obj_id']}
   shared = {k: record[k] for k in ('video', 'frames', 'masks', 'frame_names', 'height',
                                    'width')}
   ds = tf.data.Dataset.from_tensor_slices(per_exp)
   ds = ds.map(lambda x: {**shared, **x})
-  if excluded is not None:
-    ds = ds.filter(lambda x: tf.equal(
-        excluded.lookup(tf.strings.join([x['video'], x['exp_id']], '/')), 0))
+  if repeats is not None:
+    ds = ds.flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(
+        repeats.lookup(tf.strings.join([x['video'], x['exp_id']], '/'))))
   return ds
 
 
@@ -202,11 +241,19 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
   uninterrupted run would be. Skipping happens before any frame is decoded."""
   _check_config(config)
   split = split or config.train_split
-  excluded_keys = _excluded_expressions(config, builder, split)
-  excluded = None
-  if excluded_keys:
+  repeats = _expression_repeats(config, builder, split)
+  k = int(config.get('expressions_per_clip', 1))
+  if k > 1 and any(n > 1 for n in repeats.values()):
+    raise ValueError(f'config.data.kind_repeats needs expressions_per_clip=1, got {k}')
+  repeat_table = excluded = None
+  if repeats:
+    keys = tf.constant(sorted(repeats))
+    repeat_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        keys, tf.constant([repeats[x] for x in sorted(repeats)], tf.int64)), default_value=1)
+    # _expression_group's view: 1 = dropped.
     excluded = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(excluded_keys), tf.ones(len(excluded_keys), tf.int32)), default_value=0)
+        keys, tf.constant([int(repeats[x] == 0) for x in sorted(repeats)], tf.int32)),
+        default_value=0)
   table = vocab.lookup_table()
   swap = clip_ops.word_swap_table(config.flip_word_pairs)
 
@@ -217,9 +264,8 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
   # Whole videos are large: shuffle them in a small buffer, cut each expression's clip down to
   # its T frames, then shuffle those clips in the big buffer.
   ds = ds.shuffle(max(1, config.shuffle_buffer // 8), seed=config.seed)
-  k = int(config.get('expressions_per_clip', 1))
   if k == 1:
-    ds = ds.flat_map(lambda r: _expand_expressions(r, excluded))
+    ds = ds.flat_map(lambda r: _expand_expressions(r, repeat_table))
     ds = ds.enumerate().map(lambda i, ex: _select_training_frames(ex, i, config),
                             num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.shuffle(config.shuffle_buffer, seed=config.seed + 1)

@@ -43,6 +43,28 @@ def meta_expressions_path(root: str, split: str) -> str:
   return os.path.join(root, 'meta_expressions', split, META_EXPRESSIONS)
 
 
+EXPRESSION_KINDS = 'expression_kinds.json'  # refer_shapes writes it beside meta_expressions.json
+
+
+def read_expression_kinds(meta_expressions: str) -> dict[str, dict[str, str]] | None:
+  """{video: {exp_id: kind}} from the expression_kinds.json beside a meta_expressions.json
+  (refer_shapes writes one; the published datasets have none: None)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(meta_expressions)), EXPRESSION_KINDS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise MetaFormatError(f'{path}: not valid JSON: {e}') from None
+  videos = data.get('videos') if isinstance(data, dict) else None
+  if not isinstance(videos, dict) or not all(
+      isinstance(v, dict) and all(isinstance(k, str) for k in v.values())
+      for v in videos.values()):
+    raise MetaFormatError(f'{path}: expected {{"videos": {{<video>: {{<exp_id>: kind}}}}}}')
+  return videos
+
+
 def read_meta_expressions(path: str) -> dict[str, dict]:
   """Loads and checks the shape of a meta_expressions.json; returns its 'videos' dict."""
   if not os.path.exists(path):

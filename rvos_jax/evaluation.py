@@ -31,9 +31,9 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
+from data_pipelines import ytvos_layout
 from rvos_jax import metrics
 
-KINDS_FILENAME = 'expression_kinds.json'  # written next to meta_expressions.json by our synth data.
 UNLABELLED_KIND = 'unlabelled'
 # Ref-DAVIS17 converted to the Refer-YouTube-VOS layout (ReferFormer's convert_davis_to_ytvos):
 # object k owns exp ids 4k..4k+3 = (annotator 1 first-frame, annotator 1 full-video,
@@ -82,13 +82,10 @@ def load_meta_expressions(path: str) -> dict:
 
 def load_expression_kinds(meta_expressions_path: str) -> dict | None:
   """{video: {exp_id: kind}} from expression_kinds.json beside the meta file, or None."""
-  path = os.path.join(os.path.dirname(os.path.abspath(meta_expressions_path)), KINDS_FILENAME)
-  if not os.path.exists(path):
-    return None
-  data = _load_json(path)
-  if not isinstance(data, dict) or not isinstance(data.get('videos'), dict):
-    raise EvaluationError(f'{path}: expected {{"videos": {{<video>: {{<exp_id>: kind}}}}}}')
-  return data['videos']
+  try:
+    return ytvos_layout.read_expression_kinds(meta_expressions_path)
+  except ytvos_layout.MetaFormatError as err:
+    raise EvaluationError(str(err)) from None
 
 
 def _read_png(path: str) -> tuple[np.ndarray, str]:

@@ -167,3 +167,23 @@ def test_expression_longer_than_n_words(short_long, caplog):
     skipped = _samples(root, builder, vocab, long_expressions='error', skip_bad_samples=True)
   assert 'skipping 1 of' in caplog.text
   assert set(skipped) == set(samples) - {('train_00000', '0')}
+
+
+def test_kind_repeats_without_or_with_a_broken_kinds_file(short_long):
+  """kind_repeats needs refer_shapes' expression_kinds.json; its absence or a broken one is an
+  error naming the file (an all-ones kind_repeats needs no file: it is the plain stream)."""
+  root, builder, vocab = short_long
+  path = os.path.join(root, 'meta_expressions', 'train', ytvos_layout.EXPRESSION_KINDS)
+  saved = open(path).read()
+  try:
+    os.remove(path)
+    with pytest.raises(ValueError, match=re.escape(ytvos_layout.EXPRESSION_KINDS)):
+      _samples(root, builder, vocab, kind_repeats={'motion': 2})
+    assert _samples(root, builder, vocab, kind_repeats={'motion': 1})
+    with open(path, 'w') as f:
+      json.dump({'videos': {'train_00000': {'0': 3}}}, f)
+    with pytest.raises(MetaFormatError, match=re.escape(path)):
+      _samples(root, builder, vocab, kind_repeats={'motion': 2})
+  finally:
+    with open(path, 'w') as f:
+      f.write(saved)

@@ -140,6 +140,53 @@ def test_expressions_per_clip_pairs_targets_on_the_same_frames(tiny_root, tiny_b
                                  tiny_builder, tiny_vocab, process_index=0, process_count=1)
 
 
+def _stream_keys(config, builder, vocab):
+  ds = pipelines.make_train_dataset(config, builder, vocab, process_index=0, process_count=1,
+                                    repeat=False)
+  return [(v.decode(), e.decode()) for x in pipelines.as_numpy(ds)
+          for v, e in zip(x['video'], x['exp_id'], strict=True)]
+
+
+def test_kind_repeats_oversample_and_drop_kinds(tiny_root, tiny_builder, tiny_vocab):
+  """kind_repeats {kind: n}: each expression of that kind n times per pass, 0 drops the kind,
+  1 everywhere is the plain stream, batch for batch."""
+  with open(os.path.join(tiny_root, 'meta_expressions', 'train', 'expression_kinds.json')) as f:
+    kinds = json.load(f)['videos']
+  kind_of = {(v, e): k for v, exps in kinds.items() for e, k in exps.items()}
+  motion = {key for key, k in kind_of.items() if k == 'motion'}
+  assert motion and len(motion) < len(kind_of)
+  base = dict(batch_size=1, flip_prob=0.0)
+  plain = _stream_keys(tiny_config(tiny_root, **base), tiny_builder, tiny_vocab)
+  ones = _stream_keys(tiny_config(tiny_root, **base, kind_repeats=dict.fromkeys(
+      ('appearance', 'motion', 'position', 'occluded'), 1)), tiny_builder, tiny_vocab)
+  assert ones == plain and sorted(plain) == sorted(kind_of)
+  more = _stream_keys(tiny_config(tiny_root, **base, kind_repeats={'motion': 3}), tiny_builder,
+                      tiny_vocab)
+  counts = {key: more.count(key) for key in set(more)}
+  assert counts == {key: 3 if key in motion else 1 for key in kind_of}
+  none = _stream_keys(tiny_config(tiny_root, **base, kind_repeats={'motion': 0}), tiny_builder,
+                      tiny_vocab)
+  assert sorted(none) == sorted(set(kind_of) - motion)
+  # The copies are different clips: their augmentation draws follow their place in the stream.
+  ds = pipelines.make_train_dataset(tiny_config(tiny_root, batch_size=1, kind_repeats={
+      'motion': 3}), tiny_builder, tiny_vocab, process_index=0, process_count=1, repeat=False)
+  copies = {}
+  for x in pipelines.as_numpy(ds):
+    key = (x['video'][0].decode(), x['exp_id'][0].decode())
+    if key in motion:
+      copies.setdefault(key, []).append(x['frames'][0])
+  assert all(not np.array_equal(c[0], c[1]) for c in copies.values())
+  for bad, match in (({'motoin': 2}, "kind 'motoin'"), ({'motion': -1}, 'integer >= 0'),
+                     ({'motion': 2.5}, 'integer >= 0')):
+    with pytest.raises(ValueError, match=match):
+      pipelines.make_train_dataset(tiny_config(tiny_root, kind_repeats=bad), tiny_builder,
+                                   tiny_vocab, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match='expressions_per_clip=1'):
+    pipelines.make_train_dataset(
+        tiny_config(tiny_root, kind_repeats={'motion': 2}, expressions_per_clip=2, batch_size=4),
+        tiny_builder, tiny_vocab, process_index=0, process_count=1)
+
+
 def test_batch_layout(tiny_root, tiny_builder, tiny_vocab):
   ds = pipelines.make_train_dataset(tiny_config(tiny_root), tiny_builder, tiny_vocab,
                                     process_index=0, process_count=1)
