@@ -83,6 +83,20 @@ def test_eval_and_predict_restore_onto_one_device(trained, tmp_path):
   assert (tmp_path / 'pred' / 'overlay.gif').exists()
 
 
+def test_motion_probe_on_the_trained_checkpoint(trained):
+  """rvos_jax.motion_probe end to end: every level's embedding and map is measured."""
+  from rvos_jax import motion_probe  # noqa: PLC0415
+  workdir, data_root, _ = trained
+  result = motion_probe.probe(smoke_config(data_root), str(workdir), 'train')
+  assert result['expressions'] >= 2
+  assert set(result['decodable']) == set(motion_probe.EMBEDDINGS.values())
+  for r in result['decodable'].values():
+    assert 0 <= r['accuracy'] <= 1 and r['objects'] == result['expressions']
+  assert set(result['margin']) == {'final mask E', 'video text-to-pixel',
+                                   'frame text-to-pixel', 'object text-to-pixel'}
+  assert 'held-out accuracy' in motion_probe.format_table(result)
+
+
 def test_checkpoint_from_another_config_is_refused(trained):
   workdir, data_root, _ = trained
   config = smoke_config(data_root)
