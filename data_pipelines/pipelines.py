@@ -120,9 +120,8 @@ def _expression_repeats(config, builder, split: str) -> dict[str, int]:
       if kind in kind_repeats and repeats.get(f'{v}/{e}', 1):
         repeats[f'{v}/{e}'] = kind_repeats[kind]
         counts[kind] += 1
-  if kind_repeats:
-    logging.info('%s/%s: kind_repeats %s', builder.name, split, ', '.join(
-        f'{kind} x{n} ({counts[kind]} expressions)' for kind, n in kind_repeats.items()))
+  logging.info('%s/%s: kind_repeats %s', builder.name, split, ', '.join(
+      f'{kind} x{n} ({counts[kind]} expressions)' for kind, n in kind_repeats.items()))
   return repeats
 
 
@@ -141,15 +140,15 @@ def _expand_expressions(record, repeats: tf.lookup.StaticHashTable | None):
   return ds
 
 
-def _expression_group(record, index, excluded, k: int, config):
+def _expression_group(record, index, repeats, k: int, config):
   """Video record -> k (video, expression) elements sharing one window of frames: k distinct
   expressions drawn at random (with repeats only when the video has fewer than k)."""
   record = _select_training_frames(record, index, config)
   e = record['expressions']
   keep = tf.ones_like(e['exp_id'], tf.bool)
-  if excluded is not None:
+  if repeats is not None:  # only 0 (dropped) or 1 here: make_train_dataset refuses more
     keys = tf.strings.join([tf.fill(tf.shape(e['exp_id']), record['video']), e['exp_id']], '/')
-    keep = tf.equal(excluded.lookup(keys), 0)
+    keep = repeats.lookup(keys) > 0
   per_exp = {key: tf.boolean_mask(e[key], keep) for key in ('exp_id', 'exp', 'obj_id')}
   n = tf.shape(per_exp['exp_id'])[0]
   order = tf.argsort(tf.random.stateless_uniform(
@@ -245,15 +244,11 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
   k = int(config.get('expressions_per_clip', 1))
   if k > 1 and any(n > 1 for n in repeats.values()):
     raise ValueError(f'config.data.kind_repeats needs expressions_per_clip=1, got {k}')
-  repeat_table = excluded = None
+  repeat_table = None
   if repeats:
-    keys = tf.constant(sorted(repeats))
+    keys = sorted(repeats)
     repeat_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        keys, tf.constant([repeats[x] for x in sorted(repeats)], tf.int64)), default_value=1)
-    # _expression_group's view: 1 = dropped.
-    excluded = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        keys, tf.constant([int(repeats[x] == 0) for x in sorted(repeats)], tf.int32)),
-        default_value=0)
+        tf.constant(keys), tf.constant([repeats[x] for x in keys], tf.int64)), default_value=1)
   table = vocab.lookup_table()
   swap = clip_ops.word_swap_table(config.flip_word_pairs)
 
@@ -271,7 +266,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
     ds = ds.shuffle(config.shuffle_buffer, seed=config.seed + 1)
   else:
     # Groups of k expressions on one window are shuffled as units, so they stay adjacent.
-    ds = ds.enumerate().flat_map(lambda i, r: _expression_group(r, i, excluded, k, config))
+    ds = ds.enumerate().flat_map(lambda i, r: _expression_group(r, i, repeat_table, k, config))
     ds = ds.batch(k).shuffle(max(1, config.shuffle_buffer // k), seed=config.seed + 1).unbatch()
 
   def process(index, ex):

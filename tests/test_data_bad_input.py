@@ -167,6 +167,14 @@ def test_expression_longer_than_n_words(short_long, caplog):
     skipped = _samples(root, builder, vocab, long_expressions='error', skip_bad_samples=True)
   assert 'skipping 1 of' in caplog.text
   assert set(skipped) == set(samples) - {('train_00000', '0')}
+  # Dropped also when expressions are drawn in groups sharing a window.
+  config = tiny_config(root, height=32, width=40, batch_size=2, expressions_per_clip=2,
+                       long_expressions='error', skip_bad_samples=True)
+  ds = pipelines.make_train_dataset(config, builder, vocab, repeat=False, process_index=0,
+                                    process_count=1)
+  grouped = {(v.decode(), e.decode()) for b in pipelines.as_numpy(ds)
+             for v, e in zip(b['video'], b['exp_id'], strict=True)}
+  assert grouped and ('train_00000', '0') not in grouped
 
 
 def test_kind_repeats_without_or_with_a_broken_kinds_file(short_long):
