@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
-from PIL import Image
 
 from data_pipelines import ytvos_layout
 
@@ -125,11 +124,11 @@ def _resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _read_clip(root: str, split: str, video: str, names: Sequence[str]):
+  from rvos_jax import predict  # noqa: PLC0415 -- keeps the measurements above JAX-free
   frames, ids = [], []
   for name in names:
-    path = os.path.join(root, split, 'JPEGImages', video, name + '.jpg')
-    with Image.open(path) as im:
-      frames.append(np.asarray(im.convert('RGB')))
+    frames.append(predict.read_frame(os.path.join(root, split, 'JPEGImages', video,
+                                                  name + '.jpg')))
     mpath = os.path.join(root, split, 'Annotations', video, name + '.png')
     with open(mpath, 'rb') as f:
       ids.append(ytvos_layout.decode_mask(f.read(), f'video {video!r} mask {mpath}'))
@@ -183,7 +182,8 @@ def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
       if e == motion[0]:  # the embeddings do not depend on the words: once per video
         for o in obj.values():
           for k, f in inter.items():
-            f = np.asarray(f).reshape(T, *np.asarray(f).shape[-3:])[:n]
+            f = np.asarray(f)
+            f = f.reshape(T, *f.shape[-3:])[:n]
             features[k].append(object_features(f, cell_coverage(ids == o, *f.shape[1:3])))
           labels.append(direction_of(ids, o))
       rows = {'final mask E': (np.asarray(outputs.mask_logits[0, :n]), ids == target,

@@ -227,7 +227,7 @@ def segment_video(predict_fn: PredictFn, variables, frames_uint8: np.ndarray, ex
 # ------------------------------------------------------------------------------------------------
 
 
-def _read_frame(path: str) -> np.ndarray:
+def read_frame(path: str) -> np.ndarray:
   try:
     with Image.open(path) as im:
       return np.asarray(im.convert('RGB'))
@@ -273,7 +273,7 @@ def read_video(path: str) -> tuple[np.ndarray, list[str]]:
                          'extensions); masks are written as <name>.png')
     frames = []
     for f in files:
-      frame = _read_frame(os.path.join(path, f))
+      frame = read_frame(os.path.join(path, f))
       if frames and frame.shape != frames[0].shape:
         raise PredictError(
             f'frame {os.path.join(path, f)} is {frame.shape[1]}x{frame.shape[0]} (WxH) but '
