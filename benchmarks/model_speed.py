@@ -191,7 +191,8 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
       text_heads=c.text_heads, text_ffn_dim=c.text_ffn_dim,
       embedding_heads=c.get('embedding_heads', 1),
       text_pixel_head=c.get('text_pixel_head', False),
-      video_temporal_kernel=c.get('video_temporal_kernel', 0))
+      video_temporal_kernel=c.get('video_temporal_kernel', 0),
+      backbone_stem_pool=c.get('backbone_stem_pool', True))
   parity.randomize_(model)  # eval(): frozen BatchNorm statistics, as in the JAX rows
   b = make_batch(config, clips)
   frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(b['frames'], -1, 2)))
@@ -241,13 +242,17 @@ def run_breakdown(setting: str) -> dict:
   dtype = jnp.dtype(FLAGS.compute_dtype)
   rng = jax.random.key(0)
   x = jax.random.uniform(rng, (n, d.height, d.width, 3), dtype)
-  backbone = resnet.ResNet(c.backbone_depth, c.backbone_width, True, c.backbone_output_stride)
+  stem_pool = c.get('backbone_stem_pool', True)
+  backbone = resnet.ResNet(c.backbone_depth, c.backbone_width, True, c.backbone_output_stride,
+                           stem_pool)
   bvars = backbone.init(rng, x)
   feats = backbone.apply(precision.cast_floating(bvars, dtype), x)  # the heads' inputs
   m = jax.random.normal(rng, (*feats['res5'].shape[:3], 3 * c.hidden_dim), dtype)
   # F_seg ends in decoder_dim channels, F_dec and F_bdry in one: time both kinds.
-  head_c = segmentation.PyramidHead(c.decoder_dim, c.decoder_dim)
-  head_1 = segmentation.PyramidHead(c.decoder_dim, 1)
+  levels = segmentation.decoder_levels(resnet.feature_strides(c.backbone_output_stride,
+                                                               stem_pool))
+  head_c = segmentation.PyramidHead(c.decoder_dim, c.decoder_dim, levels)
+  head_1 = segmentation.PyramidHead(c.decoder_dim, 1, levels)
   hvars_c, hvars_1 = head_c.init(rng, m, feats), head_1.init(rng, m, feats)
   model = mlrl_sa.build_model(c, VOCAB)
   batch = make_batch(config, clips)

@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 32 as in the paper (res5 of 240x432 is 8x14); 16 or 8 dilate layer4 (and layer3), for the
   # small inputs of CPU-sized configs where res5 would be a 2x3 map.
   model.backbone_output_stride = 32
+  model.backbone_stem_pool = True
   model.frozen_bn = True  # batch 2 per device is too small to train BatchNorm
   # Orbax checkpoint written by `python -m rvos_jax.port_resnet50` (ImageNet weights); '' = random.
   model.backbone_init = ''

@@ -123,6 +123,23 @@ def test_video_temporal_kernel_adds_one_conv_per_video_encoder():
     params(video_temporal_kernel=2)
 
 
+def test_backbone_stem_pool_switch_drops_res2_from_the_heads():
+  # Without the stem pool res2 is at stride 2: the three pyramid heads stop at res3 (stride 4,
+  # as before) and lose res2's lateral and block; the backbone's parameters are unchanged.
+  base = params(backbone_output_stride=8)
+  nopool = params(backbone_output_stride=8, backbone_stem_pool=False)
+  shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+  assert shapes(base['backbone']) == shapes(nopool['backbone'])
+  for head in (base['object_decoder'], base['segmentation']['seg_head'],
+               base['segmentation']['boundary_head']):
+    assert {'lateral_res2', 'block_res2'} <= set(head)
+  for head in (nopool['object_decoder'], nopool['segmentation']['seg_head'],
+               nopool['segmentation']['boundary_head']):
+    assert not {'lateral_res2', 'block_res2'} & set(head)
+    assert {'lateral_res3', 'block_res3', 'lateral_res5'} <= set(head)
+  assert set(nopool) == set(base)
+
+
 def test_text_pixel_head_switch_adds_one_head_per_level():
   base, heads = params(), params(text_pixel_head=True)
   added = set(heads) - set(base)

@@ -139,6 +139,7 @@ def test_full_model_small():
     dict(embedding_heads=4, object_encoder='frame'),
     dict(video_temporal_kernel=3, embedding_position='sine'),
     dict(backbone_output_stride=8),
+    dict(backbone_output_stride=8, backbone_stem_pool=False),
 ], ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()))
 def test_ablation_variants_small(switches):
   run_parity(SMALL, small_inputs(), check_grads=False, **switches)

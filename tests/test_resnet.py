@@ -79,6 +79,24 @@ def test_feature_channels_and_paper_shapes():
   assert {k: v.shape for k, v in out.items()} == resnet.feature_shapes(1, 240, 432, 50)
 
 
+@pytest.mark.parametrize('output_stride,dilate', [(8, (False, False, True)),
+                                                   (16, (False, False, False))])
+def test_no_stem_pool_parity(output_stride, dilate):
+  """stem_pool=False drops the 3x3/2 max-pool: res2..res5 at strides 2, 4, 8, 16, the last one
+  dilated when output_stride is 8. Same parameter tree: ported weights load unchanged."""
+  shape = (1, 67, 93, 3)
+  assert resnet.feature_strides(output_stride, stem_pool=False) == {
+      'res2': 2, 'res3': 4, 'res4': 8, 'res5': min(16, output_stride)}
+  model = _torch_model(18, 0.25, replace_stride_with_dilation=dilate, stem_pool=False)
+  variables, got = _check_forward(
+      model, resnet.ResNet(18, 0.25, output_stride=output_stride, stem_pool=False), shape,
+      f'ResNet-18 no stem pool OS{output_stride}')
+  assert got['res2'].shape[1:3] == (34, 47)  # ceil(67 / 2), ceil(93 / 2)
+  assert got['res5'].shape[1:3] == (-(-67 // output_stride), -(-93 // output_stride))
+  plain = jax.eval_shape(resnet.ResNet(18, 0.25).init, jax.random.key(0), jnp.zeros(shape))
+  assert jax.tree.structure(plain) == jax.tree.structure(variables)
+
+
 @pytest.mark.parametrize('bad', [{'depth': 26}, {'width_multiplier': 0.3}])
 def test_rejects_bad_config(bad):
   with pytest.raises(ValueError, match='depth|width_multiplier'):

@@ -20,11 +20,12 @@ from rvos_jax.models.alignment import SemanticAlignment, SentenceFusion, TextPix
 from rvos_jax.models.embeddings import FrameLevelEmbedding, ObjectEncoder, VideoLevelEmbedding
 from rvos_jax.models.language import LanguageEncoder
 from rvos_jax.models.outputs import ModelOutputs
-from rvos_jax.models.resnet import ResNet
+from rvos_jax.models.resnet import ResNet, feature_strides
 from rvos_jax.models.segmentation import (
     BoundaryAwareSegmentation,
     ConfidenceHead,
     PyramidHead,
+    decoder_levels,
     upsample_bilinear,
 )
 
@@ -42,6 +43,8 @@ class MLRLSA(nn.Module):
     decoder_dim: channels of the pyramid heads (divisible by 8 for GroupNorm(8)).
     backbone_depth / backbone_width: ResNet depth (paper: 50) and width multiplier.
     backbone_output_stride: 32 (paper); 16 / 8 dilate res5 (and res4) for small inputs.
+    backbone_stem_pool: torchvision's stem max-pool (paper); False keeps twice the resolution
+      in res2..res5 for small frames (resnet.ResNet).
     frozen_bn: keep the backbone's BatchNorm statistics and affine fixed.
     use_video_level / use_frame_level / use_object_level: the three levels of §3.1.
     object_encoder: 'video' (paper), 'frame' or 'fcn'.
@@ -67,6 +70,7 @@ class MLRLSA(nn.Module):
   backbone_depth: int = 50
   backbone_width: float = 1.0
   backbone_output_stride: int = 32
+  backbone_stem_pool: bool = True
   frozen_bn: bool = True
   use_video_level: bool = True
   use_frame_level: bool = True
@@ -111,10 +115,13 @@ class MLRLSA(nn.Module):
     x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN, dtype)
          ) / jnp.asarray(IMAGENET_STD, dtype)
     feats = ResNet(self.backbone_depth, self.backbone_width, self.frozen_bn,
-                   self.backbone_output_stride, name='backbone')(x, train=train)
+                   self.backbone_output_stride, self.backbone_stem_pool, name='backbone')(
+                       x, train=train)
     p = nn.Conv(d, (1, 1), name='reduce')(feats['res5'])  # §3.1: 1x1 conv c -> d
     h, w = p.shape[1:3]
     p = p.reshape(b, t, h, w, d)
+    pyramid = decoder_levels(feature_strides(self.backbone_output_stride,
+                                             self.backbone_stem_pool))
 
     token_mask = token_mask.astype(bool)
     words = nn.Embed(self.vocab_size, d, name='word_embedding')(tokens)
@@ -136,7 +143,7 @@ class MLRLSA(nn.Module):
     if self.use_object_level:
       p_object = ObjectEncoder(self.object_encoder, position, heads, temporal,
                                name='object_encoder')(p)  # Eq. 5
-      y = PyramidHead(self.decoder_dim, 1, name='object_decoder')(
+      y = PyramidHead(self.decoder_dim, 1, pyramid, name='object_decoder')(
           p_object.reshape(b * t, h, w, d), feats)  # Eq. 6
       object_logits = upsample_bilinear(y, (height, width))[..., 0].reshape(b, t, height, width)
       s_object = self._language('object_language')(words, token_mask, train)
@@ -145,7 +152,7 @@ class MLRLSA(nn.Module):
         text_pixel.append(TextPixelHead(name='object_text_pixel')(p_object, s_object, token_mask))
 
     m = jnp.concatenate(levels, axis=-1).reshape(b * t, h, w, len(levels) * d)
-    e, bdry = BoundaryAwareSegmentation(self.decoder_dim, name='segmentation')(
+    e, bdry = BoundaryAwareSegmentation(self.decoder_dim, pyramid, name='segmentation')(
         m, feats, (height, width))  # Eq. 12-13
     confidence = ConfidenceHead(d, name='confidence')(m)  # §3.4
     outputs = ModelOutputs(
@@ -169,6 +176,8 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       backbone_depth=c.backbone_depth,
       backbone_width=c.backbone_width,
       backbone_output_stride=c.backbone_output_stride,
+      # Configs saved before this key existed describe torchvision's stem.
+      backbone_stem_pool=c.get('backbone_stem_pool', True),
       frozen_bn=c.frozen_bn,
       use_video_level=c.use_video_level,
       use_frame_level=c.use_frame_level,

@@ -60,21 +60,26 @@ def feature_channels(depth: int = 50, width_multiplier: float = 1.0) -> dict[str
   return {name: width * 2**i * _EXPANSION[block] for i, name in enumerate(FEATURE_NAMES)}
 
 
-def feature_strides(output_stride: int = 32) -> dict[str, int]:
-  """Stride of each feature: res4/res5 stop downsampling when output_stride is 16 or 8."""
+def feature_strides(output_stride: int = 32, stem_pool: bool = True) -> dict[str, int]:
+  """Stride of each feature: res4/res5 stop downsampling when output_stride is 16 or 8.
+
+  Without the stem's max-pool every feature is at half the stride (res2 at 2, ..., res5 at 16),
+  and output_stride 8 dilates res5 only.
+  """
   if output_stride not in (8, 16, 32):
     raise ValueError(f'ResNet output_stride must be 8, 16 or 32, got {output_stride}.')
-  return {name: min(s, output_stride) for name, s in FEATURE_STRIDES.items()}
+  scale = 1 if stem_pool else 2
+  return {name: min(s // scale, output_stride) for name, s in FEATURE_STRIDES.items()}
 
 
 def feature_shapes(batch: int, height: int, width: int, depth: int = 50,
-                   width_multiplier: float = 1.0, output_stride: int = 32
+                   width_multiplier: float = 1.0, output_stride: int = 32, stem_pool: bool = True
                    ) -> dict[str, tuple[int, int, int, int]]:
   """NHWC shapes of res2..res5 for an (batch, height, width, 3) input."""
   channels = feature_channels(depth, width_multiplier)
   return {
     name: (batch, math.ceil(height / s), math.ceil(width / s), channels[name])
-    for name, s in feature_strides(output_stride).items()
+    for name, s in feature_strides(output_stride, stem_pool).items()
   }
 
 
@@ -212,11 +217,16 @@ class ResNet(nn.Module):
     output_stride: 32 (the paper); 16 or 8 replace the stride of layer4 (and layer3) by a
       dilation (torchvision's replace_stride_with_dilation), for small CPU-sized inputs where
       res5 at stride 32 would be a 2x3 map. The weights are the same; they port unchanged.
+    stem_pool: torchvision's stem max-pool (3x3/2). False (ours, for small frames) drops it, so
+      res2..res5 sit at strides 2, 4, 8, 16 (output_stride 8 then dilates res5 only): on 64x96
+      frames a 12-pixel object is 3 pixels wide at res2 with the pool, 6 without, and shape
+      (a circle against a diamond) is what the pool loses. No parameter changes.
   """
   depth: int = 50
   width_multiplier: float = 1.0
   frozen_bn: bool = True
   output_stride: int = 32
+  stem_pool: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -230,11 +240,12 @@ class ResNet(nn.Module):
     # like torch, so padding never wins the max.
     x = conv(width, 7, 2, name='conv1')(x)
     x = nn.relu(batch_norm(self.frozen_bn, train, name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.stem_pool:
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
     features = {}
-    strides = feature_strides(self.output_stride)
-    dilation, previous = 1, 4
+    strides = feature_strides(self.output_stride, self.stem_pool)
+    dilation, previous = 1, strides['res2']
     for i, (name, num_blocks) in enumerate(zip(FEATURE_NAMES, blocks_per_stage, strict=True)):
       dilate = i > 0 and strides[name] == previous
       x = ResLayer(block, num_blocks, width * 2**i, 1 if i == 0 else 2, self.frozen_bn,
@@ -244,7 +255,8 @@ class ResNet(nn.Module):
       previous = strides[name]
       features[name] = x
 
-    expected = feature_shapes(n, h, w, self.depth, self.width_multiplier, self.output_stride)
+    expected = feature_shapes(n, h, w, self.depth, self.width_multiplier, self.output_stride,
+                              self.stem_pool)
     for name in FEATURE_NAMES:
       chex.assert_shape(features[name], expected[name])
     return features

@@ -16,6 +16,14 @@ GROUP_NORM_EPS = 1e-5  # torch's default; flax's is 1e-6
 PYRAMID_LEVELS = ('res4', 'res3', 'res2')  # coarse to fine after res5
 
 
+def decoder_levels(strides: Mapping[str, int], finest: int = 4) -> tuple[str, ...]:
+  """The pyramid levels the heads read: those at stride >= `finest`, coarse to fine. With
+  torchvision's stem that is res4, res3, res2 (the paper's F^[2,3,4,5]); without the stem pool
+  res2 is at stride 2 and left out (four times the heads' cost for detail finer than the
+  stride-4 masks the losses are computed from)."""
+  return tuple(name for name in PYRAMID_LEVELS if strides[name] >= finest)
+
+
 def upsample_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   """(N, h, w, C) -> (N, *size, C). Half-pixel centres, no antialiasing: the same numbers as
   torch's F.interpolate(mode='bilinear', align_corners=False) when upsampling."""
@@ -42,10 +50,15 @@ class PyramidHead(nn.Module):
   returns (N, h2, w2, out_channels) at res2's resolution (stride 4). Each level: bilinear
   upsampling to the next backbone level's size, plus a 1x1 lateral of that level, then the
   mapping block. Used as F_dec (Eq. 6), F_bdry (Eq. 12) and F_seg (Eq. 13).
+
+  levels: the backbone features read after res5, coarse to fine; the output is at the last
+  one's resolution (MLRLSA leaves out res2 when the backbone has no stem pool, see
+  `decoder_levels`, so the heads still end at stride 4).
   """
 
   features: int
   out_channels: int
+  levels: tuple[str, ...] = PYRAMID_LEVELS
 
   @nn.compact
   def __call__(self, x: jax.Array, feats: Mapping[str, jax.Array]) -> jax.Array:
@@ -54,7 +67,7 @@ class PyramidHead(nn.Module):
     lateral = lambda name: nn.Conv(self.features, (1, 1), name=f'lateral_{name}')(feats[name])
     x = nn.Conv(self.features, (1, 1), name='in_proj')(x) + lateral('res5')
     x = ConvNormReLU(self.features, name='block_res5')(x)
-    for name in PYRAMID_LEVELS:
+    for name in self.levels:
       x = upsample_bilinear(x, feats[name].shape[1:3]) + lateral(name)
       x = ConvNormReLU(self.features, name=f'block_{name}')(x)
     return conv3x3(self.out_channels, 'out')(x)
@@ -70,11 +83,12 @@ class BoundaryAwareSegmentation(nn.Module):
   """
 
   features: int
+  levels: tuple[str, ...] = PYRAMID_LEVELS
 
   @nn.compact
   def __call__(self, m: jax.Array, feats: Mapping[str, jax.Array], size: tuple[int, int]):
-    b = PyramidHead(self.features, 1, name='boundary_head')(m, feats)
-    seg = PyramidHead(self.features, self.features, name='seg_head')(m, feats)
+    b = PyramidHead(self.features, 1, self.levels, name='boundary_head')(m, feats)
+    seg = PyramidHead(self.features, self.features, self.levels, name='seg_head')(m, feats)
     e = conv3x3(1, 'fcnn')(jnp.concatenate([b, seg], axis=-1))
     return upsample_bilinear(e, size)[..., 0], upsample_bilinear(b, size)[..., 0]
 

@@ -233,17 +233,18 @@ class ConvNormReLU(nn.Module):
 
 
 class PyramidHead(nn.Module):
-  def __init__(self, cin, feat_channels, c, out):
+  def __init__(self, cin, feat_channels, c, out, levels=('res4', 'res3', 'res2')):
     super().__init__()
+    self.levels = levels
     self.in_proj = nn.Conv2d(cin, c, 1)
-    for name in ('res5', 'res4', 'res3', 'res2'):
+    for name in ('res5', *levels):
       self.add_module(f'lateral_{name}', nn.Conv2d(feat_channels[name], c, 1))
       self.add_module(f'block_{name}', ConvNormReLU(c, c))
     self.out = nn.Conv2d(c, out, 3, padding=1)
 
   def forward(self, x, feats):
     x = self.block_res5(self.in_proj(x) + self.lateral_res5(feats['res5']))
-    for name in ('res4', 'res3', 'res2'):
+    for name in self.levels:
       f = feats[name]
       x = F.interpolate(x, size=f.shape[-2:], mode='bilinear', align_corners=False)
       x = getattr(self, f'block_{name}')(x + getattr(self, f'lateral_{name}')(f))
@@ -251,10 +252,10 @@ class PyramidHead(nn.Module):
 
 
 class BoundaryAwareSegmentation(nn.Module):
-  def __init__(self, cin, feat_channels, c):
+  def __init__(self, cin, feat_channels, c, levels=('res4', 'res3', 'res2')):
     super().__init__()
-    self.boundary_head = PyramidHead(cin, feat_channels, c, 1)
-    self.seg_head = PyramidHead(cin, feat_channels, c, c)
+    self.boundary_head = PyramidHead(cin, feat_channels, c, 1, levels)
+    self.seg_head = PyramidHead(cin, feat_channels, c, c, levels)
     self.fcnn = nn.Conv2d(c + 1, 1, 3, padding=1)
 
   def forward(self, m, feats, size):
@@ -284,13 +285,20 @@ class MLRLSA(nn.Module):
                use_frame_level=True, use_object_level=True, object_encoder='video',
                embedding_position='none', alignment='dsa', alignment_fusion='add',
                text_layers=2, text_heads=8, text_ffn_dim=1536, embedding_heads=1,
-               text_pixel_head=False, video_temporal_kernel=0):
+               text_pixel_head=False, video_temporal_kernel=0, backbone_stem_pool=True):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
                                         ('object', use_object_level)) if on]
-    dilate = (False, backbone_output_stride == 8, backbone_output_stride <= 16)
-    self.backbone = ResNet(backbone_depth, backbone_width, replace_stride_with_dilation=dilate)
+    # Strides of res2..res5 before any dilation; a layer whose stride would pass the output
+    # stride dilates instead (torchvision's replace_stride_with_dilation).
+    strides = [2, 4, 8, 16] if not backbone_stem_pool else [4, 8, 16, 32]
+    dilate = tuple(s > backbone_output_stride for s in strides[1:])
+    self.backbone = ResNet(backbone_depth, backbone_width, replace_stride_with_dilation=dilate,
+                           stem_pool=backbone_stem_pool)
+    # The heads end at stride 4: without the stem pool they do not read res2 (stride 2).
+    pyramid = tuple(f'res{i + 2}' for i in (2, 1, 0)
+                    if min(strides[i], backbone_output_stride) >= 4)
     del self.backbone.fc, self.backbone.avgpool  # only res2..res5 are used
     expansion = 1 if backbone_depth in (18, 34) else 4
     base = int(round(64 * backbone_width)) * expansion
@@ -310,14 +318,14 @@ class MLRLSA(nn.Module):
     if 'object' in self.levels:
       self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position, embedding_heads,
                                           video_temporal_kernel)
-      self.object_decoder = PyramidHead(d, chans, c, 1)
+      self.object_decoder = PyramidHead(d, chans, c, 1, pyramid)
       self.object_language, self.object_alignment = lang(), align('2d')
     self.text_pixel_head = text_pixel_head
     if text_pixel_head:
       for level in self.levels:
         setattr(self, f'{level}_text_pixel', TextPixelHead(d))
     k = len(self.levels) * d
-    self.segmentation = BoundaryAwareSegmentation(k, chans, c)
+    self.segmentation = BoundaryAwareSegmentation(k, chans, c, pyramid)
     self.confidence = ConfidenceHead(k, d)
 
   def forward(self, frames, tokens, token_mask):

@@ -75,8 +75,9 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
 
   def __init__(self, depth: int = 50, width_multiplier: float = 1.0, num_classes: int = 1000,
-               replace_stride_with_dilation=(False, False, False)):
+               replace_stride_with_dilation=(False, False, False), stem_pool: bool = True):
     super().__init__()
+    self.stem_pool = stem_pool  # False: no max-pool after the stem (rvos_jax's option)
     self.dilation = 1
     block_name, layers = STAGES[depth]
     block = BasicBlock if block_name == 'basic' else Bottleneck
@@ -114,7 +115,9 @@ class ResNet(nn.Module):
     return nn.Sequential(*layers)
 
   def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    x = self.relu(self.bn1(self.conv1(x)))
+    if self.stem_pool:
+      x = self.maxpool(x)
     res2 = self.layer1(x)
     res3 = self.layer2(res2)
     res4 = self.layer3(res3)
