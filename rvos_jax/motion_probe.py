@@ -71,7 +71,7 @@ def object_features(features: np.ndarray, coverage: np.ndarray) -> np.ndarray:
 
 
 def decodability(samples: Sequence[np.ndarray], labels: Sequence[int], *, folds: int = 2,
-                 ridge: float = 10.0, seed: int = 0) -> dict:
+                 ridge: float = 10.0, seed: int = 0, num_classes: int = len(DIRECTIONS)) -> dict:
   """Held-out accuracy of a ridge one-vs-rest classifier of `labels` from per-frame features.
 
   samples[i] (k_i, d): object i's features in each frame; every frame is a sample with the
@@ -91,12 +91,12 @@ def decodability(samples: Sequence[np.ndarray], labels: Sequence[int], *, folds:
     y = np.concatenate([np.full(len(samples[i]), labels[i]) for i in train])
     mean, std = x.mean(0), x.std(0) + 1e-6
     a = (x - mean) / std
-    targets = np.eye(len(DIRECTIONS))[y]
+    targets = np.eye(num_classes)[y]
     weights = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ targets)
     xt = np.concatenate([samples[i] for i in test])
     yt = np.concatenate([np.full(len(samples[i]), labels[i]) for i in test])
     correct += int((((xt - mean) / std @ weights).argmax(1) == yt).sum())
-    majority += int((yt == np.bincount(y, minlength=len(DIRECTIONS)).argmax()).sum())
+    majority += int((yt == np.bincount(y, minlength=num_classes).argmax()).sum())
     total += len(yt)
   return {'accuracy': correct / total, 'chance': majority / total, 'objects': n,
           'frames': total}
@@ -117,13 +117,13 @@ def clip_frames(names: Sequence[str], num_frames: int, stride: int) -> list[str]
   return names[::max(1, min(stride, fit))][:num_frames]
 
 
-def _resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_nearest(ids: np.ndarray, height: int, width: int) -> np.ndarray:
   rows = ((np.arange(height) + 0.5) * ids.shape[1] / height).astype(int)
   cols = ((np.arange(width) + 0.5) * ids.shape[2] / width).astype(int)
   return ids[:, rows][:, :, cols]
 
 
-def _read_clip(root: str, split: str, video: str, names: Sequence[str]):
+def read_clip(root: str, split: str, video: str, names: Sequence[str]):
   from rvos_jax import predict  # noqa: PLC0415 -- keeps the measurements above JAX-free
   frames, ids = [], []
   for name in names:
@@ -167,11 +167,11 @@ def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
     if not entry.get('frames'):
       raise ValueError(f'{meta_path}: video {video!r} lists no frames')
     names = clip_frames(entry['frames'], T, data.frame_stride)
-    frames, ids = _read_clip(data.root, split, video, names)
+    frames, ids = read_clip(data.root, split, video, names)
     n = len(names)
     clip = np.zeros((1, T, H, W, 3), np.float32)  # a short video: blank padding, as in training
     clip[0, :n] = predict.resize_frames(frames, H, W)
-    ids = _resize_nearest(ids, H, W)
+    ids = resize_nearest(ids, H, W)
     motion = [e for e, kind in kinds[video].items() if kind == 'motion']
     obj = {e: int(entry['expressions'][e]['obj_id']) for e in motion}
     for e in motion:
@@ -219,12 +219,17 @@ def format_table(result: dict) -> str:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'The run\'s workdir (latest checkpoint, vocab.txt).')
-flags.DEFINE_enum('split', 'train', ['train', 'valid'], 'Which split\'s motion expressions.')
-flags.DEFINE_integer('max_videos', None, 'Probe only the first N motion videos.')
-flags.DEFINE_string('output_json', None, 'Default: <workdir>/motion_probe_<split>.json.')
+
+
+def define_flags():
+  """Defined on demand (not at import), so that other tools can import this module's
+  measurements (rvos_jax.appearance_probe) and define flags of the same names."""
+  config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The run\'s workdir (latest checkpoint, vocab.txt).')
+  flags.DEFINE_enum('split', 'train', ['train', 'valid'], 'Which split\'s motion expressions.')
+  flags.DEFINE_integer('max_videos', None, 'Probe only the first N motion videos.')
+  flags.DEFINE_string('output_json', None, 'Default: <workdir>/motion_probe_<split>.json.')
 
 
 def main(argv):
@@ -239,5 +244,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -97,6 +97,20 @@ def test_motion_probe_on_the_trained_checkpoint(trained):
   assert 'held-out accuracy' in motion_probe.format_table(result)
 
 
+def test_appearance_probe_on_the_trained_checkpoint(trained):
+  """rvos_jax.appearance_probe end to end: colour and shape from every level's embedding."""
+  from rvos_jax import appearance_probe, motion_probe  # noqa: PLC0415
+  workdir, data_root, _ = trained
+  result = appearance_probe.probe(smoke_config(data_root), str(workdir), 'train')
+  assert result['objects'] >= 4
+  assert set(result['decodable']) == set(motion_probe.EMBEDDINGS.values())
+  for r in result['decodable'].values():
+    assert set(r) == {'colour', 'shape'}
+    for a in r.values():
+      assert 0 <= a['accuracy'] <= 1 and a['objects'] == result['objects']
+  assert 'colour' in appearance_probe.format_table(result)
+
+
 def test_checkpoint_from_another_config_is_refused(trained):
   workdir, data_root, _ = trained
   config = smoke_config(data_root)

@@ -1,0 +1,162 @@
+"""Does a trained network see colour and shape? A readout of both from each embedding.
+
+refer_shapes' appearance expressions name an object by colour and shape ("the white triangle"),
+with other objects of the same colour or the same shape in the clip, so a network that sees
+only colour can do no better than hedge between the objects of the named colour. This measures
+what each embedding holds, at the objects that an appearance expression names:
+
+  decodable   Per frame, the embedding averaged over the object's cells (weighted by
+              coverage); ridge regression, one-vs-rest, of the colour (7 classes) and of the
+              shape (6 classes), trained on half the objects and scored on the other half
+              (2 folds over objects, never frames of one object on both sides); chance is the
+              majority answer of the training folds.
+
+It is how we found that the ResNet stem's max-pool was costing shape on 64x96 frames (README,
+model section, `model.backbone_stem_pool`).
+
+  python -m rvos_jax.appearance_probe --config configs/refer_shapes.py --workdir W \\
+      [--split train] [--config.model.X=...]   # the run's config, as for --mode eval
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from data_pipelines import ytvos_layout
+from data_pipelines.refer_shapes import COLOURS, SHAPES
+from rvos_jax import motion_probe
+
+ATTRIBUTES = {'colour': tuple(COLOURS), 'shape': SHAPES}
+
+
+def attributes_of(expression: str) -> dict[str, int] | None:
+  """{'colour': i, 'shape': j} (indices into ATTRIBUTES) from an expression that names exactly
+  one colour and one shape, else None."""
+  words = expression.lower().split()
+  out = {}
+  for name, values in ATTRIBUTES.items():
+    found = [values.index(w) for w in words if w in values]
+    if len(found) != 1:
+      return None
+    out[name] = found[0]
+  return out
+
+
+def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
+          max_videos: int | None = None) -> dict:
+  """Colour and shape decodability for the latest checkpoint in workdir (module docstring)."""
+  from rvos_jax import predict, train  # noqa: PLC0415 -- JAX model code only when probing
+
+  data = config.data
+  meta_path = ytvos_layout.meta_expressions_path(data.root, split)
+  meta = ytvos_layout.read_meta_expressions(meta_path)
+  kinds = ytvos_layout.read_expression_kinds(meta_path)
+  if kinds is None:
+    raise ValueError(f'{meta_path}: no {ytvos_layout.EXPRESSION_KINDS} beside it: the probe '
+                     f'needs refer_shapes (appearance expressions)')
+  model, variables, vocab = train.restore_for_inference(config, workdir)
+  T, H, W = data.num_frames, data.height, data.width
+  names_of = motion_probe.EMBEDDINGS
+
+  @jax.jit
+  def embeddings(frames, tokens, token_mask):
+    _, state = model.apply(variables, frames, tokens, token_mask, train=False,
+                           capture_intermediates=lambda m, _: m.name in names_of,
+                           mutable=['intermediates'])
+    inter = state['intermediates']
+    return {k: inter[k]['__call__'][0] for k in names_of if k in inter}
+
+  features = {k: [] for k in names_of}
+  labels = {name: [] for name in ATTRIBUTES}
+  skipped = 0
+  videos = [v for v in sorted(meta) if 'appearance' in kinds.get(v, {}).values()]
+  for video in videos[:max_videos]:
+    entry = meta[video]
+    named = {}  # obj_id -> attributes, from the video's appearance expressions
+    for e, kind in kinds[video].items():
+      exp = entry['expressions'].get(e)
+      if kind != 'appearance' or exp is None:
+        continue
+      attrs = attributes_of(exp['exp'])
+      if attrs is not None:
+        named[int(exp['obj_id'])] = attrs
+    if not named:
+      continue
+    if not entry.get('frames'):
+      raise ValueError(f'{meta_path}: video {video!r} lists no frames')
+    names = motion_probe.clip_frames(entry['frames'], T, data.frame_stride)
+    frames, ids = motion_probe.read_clip(data.root, split, video, names)
+    n = len(names)
+    clip = np.zeros((1, T, H, W, 3), np.float32)  # a short video: blank padding, as in training
+    clip[0, :n] = predict.resize_frames(frames, H, W)
+    ids = motion_probe.resize_nearest(ids, H, W)
+    # The embeddings do not depend on the words: any expression of the video will do.
+    tokens, token_mask = predict.encode_expression(
+        next(iter(entry['expressions'].values()))['exp'], vocab, data.max_words)
+    inter = embeddings(clip, tokens[None], token_mask[None])
+    for obj, attrs in sorted(named.items()):
+      if not (ids == obj).any():  # hidden in every probed frame: nothing to read
+        skipped += 1
+        continue
+      for k, f in inter.items():
+        f = np.asarray(f)
+        f = f.reshape(T, *f.shape[-3:])[:n]
+        features[k].append(motion_probe.object_features(
+            f, motion_probe.cell_coverage(ids == obj, *f.shape[1:3])))
+      for name in ATTRIBUTES:
+        labels[name].append(attrs[name])
+  objects = len(labels['colour'])
+  if objects < 4:
+    raise ValueError(f'{split}: {objects} objects named by colour and shape, too few to probe')
+  return {
+      'split': split, 'objects': objects, 'skipped_not_visible': skipped,
+      'decodable': {motion_probe.EMBEDDINGS[k]: {
+          name: motion_probe.decodability(v, labels[name], num_classes=len(values))
+          for name, values in ATTRIBUTES.items()} for k, v in features.items() if v},
+  }
+
+
+def format_table(result: dict) -> str:
+  lines = [f"{result['split']}: {result['objects']} objects named by colour and shape",
+           'held-out accuracy of a linear readout at the object (2 folds), chance in brackets',
+           f"{'embedding':32s} {'colour':>13s} {'shape':>13s}"]
+  for name, r in result['decodable'].items():
+    cells = [f"{r[a]['accuracy']:.2f} ({r[a]['chance']:.2f})" for a in ATTRIBUTES]
+    lines.append(f'{name:32s} ' + ' '.join(f'{c:>13s}' for c in cells))
+  return '\n'.join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined on demand (not at import), as rvos_jax.motion_probe's of the same names."""
+  config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The run\'s workdir (latest checkpoint, vocab.txt).')
+  flags.DEFINE_enum('split', 'train', ['train', 'valid'], 'Which split\'s objects.')
+  flags.DEFINE_integer('max_videos', None, 'Probe only the first N videos with appearance '
+                       'expressions.')
+  flags.DEFINE_string('output_json', None, 'Default: <workdir>/appearance_probe_<split>.json.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  result = probe(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.max_videos)
+  print(format_table(result))
+  path = FLAGS.output_json or os.path.join(FLAGS.workdir, f'appearance_probe_{FLAGS.split}.json')
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=1)
+  logging.info('wrote %s', path)
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
