@@ -192,7 +192,8 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
       embedding_heads=c.get('embedding_heads', 1),
       text_pixel_head=c.get('text_pixel_head', False),
       video_temporal_kernel=c.get('video_temporal_kernel', 0),
-      backbone_stem_pool=c.get('backbone_stem_pool', True))
+      backbone_stem_pool=c.get('backbone_stem_pool', True),
+      text_pixel_to_decoder=c.get('text_pixel_to_decoder', False))
   parity.randomize_(model)  # eval(): frozen BatchNorm statistics, as in the JAX rows
   b = make_batch(config, clips)
   frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(b['frames'], -1, 2)))

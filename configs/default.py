@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 32 as in the paper (res5 of 240x432 is 8x14); 16 or 8 dilate layer4 (and layer3), for the
   # small inputs of CPU-sized configs where res5 would be a 2x3 map.
   model.backbone_output_stride = 32
-  model.backbone_stem_pool = True
+  model.backbone_stem_pool = True  # torchvision's stem; False drops its max-pool (small frames)
   model.frozen_bn = True  # batch 2 per device is too small to train BatchNorm
   # Orbax checkpoint written by `python -m rvos_jax.port_resnet50` (ImageNet weights); '' = random.
   model.backbone_init = ''
@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.compute_dtype = 'float32'
   # Not in the paper: a text-to-pixel head per level (CRIS), trained by loss.text_pixel_weight.
   model.text_pixel_head = False
+  # Not in the paper: those heads' maps also feed the boundary and segmentation heads (one
+  # channel per level beside M); needs text_pixel_head.
+  model.text_pixel_to_decoder = False
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.alpha = 0.2  # boundary weight in L_instance (Eq. 14)

@@ -123,6 +123,23 @@ def test_video_temporal_kernel_adds_one_conv_per_video_encoder():
     params(video_temporal_kernel=2)
 
 
+def test_text_pixel_to_decoder_widens_the_segmentation_heads_input():
+  # One more input channel per level for the boundary and segmentation heads; the confidence
+  # head still reads M alone; nothing else changes. It needs the text-to-pixel heads.
+  base, fed = params(text_pixel_head=True), params(text_pixel_head=True, text_pixel_to_decoder=True)
+  for head in ('seg_head', 'boundary_head'):
+    assert fed['segmentation'][head]['in_proj']['kernel'].shape[2] == 3 * D + 3
+    assert base['segmentation'][head]['in_proj']['kernel'].shape[2] == 3 * D
+  assert fed['confidence']['fc1']['kernel'].shape[0] == 3 * D
+  two = params(text_pixel_head=True, text_pixel_to_decoder=True, use_frame_level=False)
+  assert two['segmentation']['seg_head']['in_proj']['kernel'].shape[2] == 2 * D + 2
+  shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+  assert shapes({k: v for k, v in fed.items() if k != 'segmentation'}) == shapes(
+      {k: v for k, v in base.items() if k != 'segmentation'})
+  with pytest.raises(ValueError, match='text_pixel_to_decoder needs'):
+    params(text_pixel_to_decoder=True)
+
+
 def test_backbone_stem_pool_switch_drops_res2_from_the_heads():
   # Without the stem pool res2 is at stride 2: the three pyramid heads stop at res3 (stride 4,
   # as before) and lose res2's lateral and block; the backbone's parameters are unchanged.

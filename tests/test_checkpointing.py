@@ -190,9 +190,9 @@ def test_model_config_mismatch_names_key_values_and_path(tmp_path):
 
 def test_keys_added_later_read_as_what_older_checkpoints_were_trained_with():
   # A checkpoint from before model.alignment_fusion / embedding_position / embedding_heads /
-  # text_pixel_head / video_temporal_kernel / backbone_stem_pool existed was trained with Eq.
-  # 1-4 and Eq. 11 as printed, without the text-to-pixel heads and with torchvision's stem: it
-  # resumes under those values, not others.
+  # text_pixel_head / video_temporal_kernel / backbone_stem_pool / text_pixel_to_decoder
+  # existed was trained with Eq. 1-4 and Eq. 11 as printed, without the text-to-pixel heads
+  # and with torchvision's stem: it resumes under those values, not others.
   old = {'config': checkpointing.config_to_dict(make_config())}
   config = make_config()
   config.model.alignment_fusion = 'add'
@@ -201,12 +201,14 @@ def test_keys_added_later_read_as_what_older_checkpoints_were_trained_with():
   config.model.text_pixel_head = False
   config.model.video_temporal_kernel = 0
   config.model.backbone_stem_pool = True
+  config.model.text_pixel_to_decoder = False
   checkpointing.check_model_config(old, config)
   for key, value, want in (('embedding_position', 'sine', "'none' in the checkpoint vs 'sine'"),
                            ('embedding_heads', 4, '1 in the checkpoint vs 4'),
                            ('text_pixel_head', True, 'False in the checkpoint vs True'),
                            ('video_temporal_kernel', 3, '0 in the checkpoint vs 3'),
-                           ('backbone_stem_pool', False, 'True in the checkpoint vs False')):
+                           ('backbone_stem_pool', False, 'True in the checkpoint vs False'),
+                           ('text_pixel_to_decoder', True, 'False in the checkpoint vs True')):
     changed = make_config()
     changed.model[key] = value
     with pytest.raises(checkpointing.CheckpointMismatchError, match=f'model.{key}: {want}'):

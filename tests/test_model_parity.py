@@ -150,6 +150,12 @@ def test_text_pixel_heads_small():
   run_parity(SMALL, small_inputs(), text_pixel_head=True)
 
 
+def test_text_pixel_maps_into_the_decoder_small():
+  # Gradients included: the mask loss now reaches the text-to-pixel heads through the decoder.
+  run_parity(SMALL, small_inputs(), text_pixel_head=True, text_pixel_to_decoder=True,
+             backbone_output_stride=8, backbone_stem_pool=False)
+
+
 @pytest.mark.slow  # ~1 min; ResNet-50 parity alone stays in the default suite (test_resnet.py)
 def test_resnet50_backbone_small():
   cfg = {**SMALL, 'backbone_depth': 50, 'backbone_width': 1.0}

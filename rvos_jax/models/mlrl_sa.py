@@ -61,7 +61,11 @@ class MLRLSA(nn.Module):
     compute_dtype: 'float32', 'bfloat16' or 'float16': read by rvos_jax.precision.apply, which
       casts the variables and frames; the module itself follows its input's dtype.
     text_pixel_head: ours, not the paper's: a text-to-pixel logit map per level (CRIS) that
-      loss.text_pixel_weight trains (alignment.TextPixelHead); inference does not read it.
+      loss.text_pixel_weight trains (alignment.TextPixelHead); inference does not read it,
+      unless text_pixel_to_decoder.
+    text_pixel_to_decoder: ours: the text-to-pixel maps (one channel per level) join M as the
+      input of the boundary and segmentation heads (not the confidence head's), so the mask
+      reads the grounding those maps learn directly instead of only through Eq. 11's sum.
   """
 
   vocab_size: int
@@ -87,6 +91,7 @@ class MLRLSA(nn.Module):
   text_dropout: float = 0.1
   compute_dtype: str = 'float32'
   text_pixel_head: bool = False
+  text_pixel_to_decoder: bool = False
 
   def _align(self, name: str, position: str):
     if self.alignment == 'dsa':
@@ -152,8 +157,14 @@ class MLRLSA(nn.Module):
         text_pixel.append(TextPixelHead(name='object_text_pixel')(p_object, s_object, token_mask))
 
     m = jnp.concatenate(levels, axis=-1).reshape(b * t, h, w, len(levels) * d)
+    seg_in = m
+    if self.text_pixel_to_decoder:
+      if not self.text_pixel_head:
+        raise ValueError('model.text_pixel_to_decoder needs model.text_pixel_head=True')
+      seg_in = jnp.concatenate(
+          [m, jnp.stack(text_pixel, axis=-1).reshape(b * t, h, w, len(text_pixel))], axis=-1)
     e, bdry = BoundaryAwareSegmentation(self.decoder_dim, pyramid, name='segmentation')(
-        m, feats, (height, width))  # Eq. 12-13
+        seg_in, feats, (height, width))  # Eq. 12-13
     confidence = ConfidenceHead(d, name='confidence')(m)  # §3.4
     outputs = ModelOutputs(
         mask_logits=e.reshape(b, t, height, width),
@@ -197,6 +208,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       text_dropout=c.text_dropout,
       compute_dtype=c.get('compute_dtype', 'float32'),
       text_pixel_head=c.get('text_pixel_head', False),
+      text_pixel_to_decoder=c.get('text_pixel_to_decoder', False),
   )
 
 

@@ -285,7 +285,8 @@ class MLRLSA(nn.Module):
                use_frame_level=True, use_object_level=True, object_encoder='video',
                embedding_position='none', alignment='dsa', alignment_fusion='add',
                text_layers=2, text_heads=8, text_ffn_dim=1536, embedding_heads=1,
-               text_pixel_head=False, video_temporal_kernel=0, backbone_stem_pool=True):
+               text_pixel_head=False, video_temporal_kernel=0, backbone_stem_pool=True,
+               text_pixel_to_decoder=False):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
@@ -325,7 +326,9 @@ class MLRLSA(nn.Module):
       for level in self.levels:
         setattr(self, f'{level}_text_pixel', TextPixelHead(d))
     k = len(self.levels) * d
-    self.segmentation = BoundaryAwareSegmentation(k, chans, c, pyramid)
+    self.text_pixel_to_decoder = text_pixel_to_decoder
+    extra = len(self.levels) if text_pixel_to_decoder else 0
+    self.segmentation = BoundaryAwareSegmentation(k + extra, chans, c, pyramid)
     self.confidence = ConfidenceHead(k, d)
 
   def forward(self, frames, tokens, token_mask):
@@ -358,7 +361,11 @@ class MLRLSA(nn.Module):
           [getattr(self, f'{lvl}_text_pixel')(ps[lvl], ss[lvl], token_mask) for lvl in self.levels],
           -1)
     m = torch.cat(ms, 2).flatten(0, 1)
-    e, bdry = self.segmentation(m, feats, (height, width))
+    seg_in = m
+    if self.text_pixel_to_decoder:
+      tp = out['text_pixel_logits'].permute(0, 1, 4, 2, 3).flatten(0, 1)
+      seg_in = torch.cat([m, tp], 1)
+    e, bdry = self.segmentation(seg_in, feats, (height, width))
     out['mask_logits'] = e.reshape(b, t, height, width)
     out['boundary_logits'] = bdry.reshape(b, t, height, width)
     out['confidence'] = self.confidence(m).reshape(b, t)
