@@ -12,7 +12,7 @@ Not the paper's (README, "The model"), each measured on refer_shapes: the text-t
 (CRIS), its maps fed to the mask heads, and the stem without max-pool (below). Where the
 quality is: README, "Results on refer_shapes". Runs differ a lot between seeds (the step at
 which the words start to steer the mask moves by hundreds of steps), so compare means of seeds.
-""""""
+"""
 
 from configs import default
 
