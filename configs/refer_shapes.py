@@ -2,7 +2,7 @@
 
 A small ResNet-18 (width x0.25, no stem max-pool) trained from scratch on 64x96 clips of T=6
 frames; the rest of the network is the paper's, narrower (d=48). Generates the data, trains,
-evaluates and writes overlays in about 15 minutes on 2 CPU cores:
+evaluates and writes overlays in 15-16 minutes on 2 CPU cores:
 
   python main.py --config configs/refer_shapes.py --workdir workdirs/refer_shapes
   python main.py --config configs/refer_shapes.py:long ...    # twice the steps (~30 min)
@@ -74,8 +74,8 @@ def get_config(arg: str | None = None):
   optim.warmup_steps = 100
 
   train = config.train
-  # 1.7-1.8 steps/s on this project's 2-core machine: generation, training, evaluation and
-  # overlays in about 15 minutes.
+  # 1.6-1.8 steps/s on this project's 2-core machine: generation, training, evaluation and
+  # overlays in 15-16 minutes (README).
   train.num_steps = 1400
   train.log_every = 50
   train.eval_every = 0
