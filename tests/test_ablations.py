@@ -190,13 +190,13 @@ def test_ablation_configs_build_their_variant():
 
 
 def test_refer_shapes_long_differs_from_the_default_only_in_steps():
-  """The `long` budget (README "Results on refer_shapes": J&F 0.43 -> 0.47-0.56) is the same run
-  with twice the steps, so its figures compare with the default's; bad arguments are named."""
+  """The `long` budget is the same run with twice the steps, so its figures compare with the
+  default's; bad arguments are named."""
   from configs import ablations, refer_shapes  # noqa: PLC0415
 
   base, long = refer_shapes.get_config().to_dict(), refer_shapes.get_config('long').to_dict()
-  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 3000
+  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 2800
   assert long == base
-  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 3000
+  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2800
   with pytest.raises(ValueError, match="'longer'"):
     refer_shapes.get_config('longer')
