@@ -18,14 +18,10 @@ model section, `model.backbone_stem_pool`).
       [--split train] [--config.model.X=...]   # the run's config, as for --mode eval
 """
 
-import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
 
 from data_pipelines import ytvos_layout
 from data_pipelines.refer_shapes import COLOURS, SHAPES
@@ -131,32 +127,5 @@ def format_table(result: dict) -> str:
   return '\n'.join(lines)
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-  """Defined on demand (not at import), as rvos_jax.motion_probe's of the same names."""
-  config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'The run\'s workdir (latest checkpoint, vocab.txt).')
-  flags.DEFINE_enum('split', 'train', ['train', 'valid'], 'Which split\'s objects.')
-  flags.DEFINE_integer('max_videos', None, 'Probe only the first N videos with appearance '
-                       'expressions.')
-  flags.DEFINE_string('output_json', None, 'Default: <workdir>/appearance_probe_<split>.json.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  result = probe(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.max_videos)
-  print(format_table(result))
-  path = FLAGS.output_json or os.path.join(FLAGS.workdir, f'appearance_probe_{FLAGS.split}.json')
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=1)
-  logging.info('wrote %s', path)
-
-
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  motion_probe.run_tool('appearance_probe', probe, format_table, 'appearance expressions')

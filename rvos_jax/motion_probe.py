@@ -218,32 +218,31 @@ def format_table(result: dict) -> str:
   return '\n'.join(lines)
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-  """Defined on demand (not at import), so that other tools can import this module's
-  measurements (rvos_jax.appearance_probe) and define flags of the same names."""
+def run_tool(name: str, probe_fn, format_fn, what: str) -> None:
+  """The command line of a probe (this one, rvos_jax.appearance_probe): flags, the probe of
+  the latest checkpoint, its table on stdout and `<workdir>/<name>_<split>.json`. Flags are
+  defined here, not at import, so the probes can import each other."""
   config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'The run\'s workdir (latest checkpoint, vocab.txt).')
-  flags.DEFINE_enum('split', 'train', ['train', 'valid'], 'Which split\'s motion expressions.')
-  flags.DEFINE_integer('max_videos', None, 'Probe only the first N motion videos.')
-  flags.DEFINE_string('output_json', None, 'Default: <workdir>/motion_probe_<split>.json.')
+  flags.DEFINE_enum('split', 'train', ['train', 'valid'], f'Which split\'s {what}.')
+  flags.DEFINE_integer('max_videos', None, f'Probe only the first N videos with {what}.')
+  flags.DEFINE_string('output_json', None, f'Default: <workdir>/{name}_<split>.json.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  args = flags.FLAGS
 
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    result = probe_fn(args.config, args.workdir, args.split, args.max_videos)
+    print(format_fn(result))
+    path = args.output_json or os.path.join(args.workdir, f'{name}_{args.split}.json')
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=1)
+    logging.info('wrote %s', path)
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  result = probe(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.max_videos)
-  print(format_table(result))
-  path = FLAGS.output_json or os.path.join(FLAGS.workdir, f'motion_probe_{FLAGS.split}.json')
-  with open(path, 'w') as f:
-    json.dump(result, f, indent=1)
-  logging.info('wrote %s', path)
+  app.run(main)
 
 
 if __name__ == '__main__':
-  define_flags()
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  run_tool('motion_probe', probe, format_table, 'motion expressions')
