@@ -33,6 +33,20 @@ def sample_frame_indices(num_frames: tf.Tensor, clip_len: int, stride: int, jitt
   return idx, k
 
 
+def eval_windows(num_frames: tf.Tensor, clip_len: int, stride: int) -> tf.Tensor:
+  """windows.eval_windows inside a tf.data map (num_frames a scalar tensor); the same rows."""
+  n = tf.cast(num_frames, tf.int32)
+  fit = tf.maximum((n - 1) // max(clip_len - 1, 1), 1)
+  s = tf.maximum(1, tf.minimum(stride, fit))
+  rows = []
+  for r in range(stride):  # residues r >= s give no frames
+    idx = tf.range(tf.minimum(r, n), n, s)
+    idx = idx[:tf.where(r < s, tf.shape(idx)[0], 0)]
+    pad = -tf.shape(idx)[0] % clip_len
+    rows.append(tf.reshape(tf.concat([idx, tf.fill([pad], -1)], 0), [-1, clip_len]))
+  return tf.concat(rows, 0)
+
+
 def jpeg_ratio(orig_h: tf.Tensor, orig_w: tf.Tensor, height: int, width: int) -> tf.Tensor:
   """Index into (1, 2, 4, 8) of the largest DCT down-scaling that stays >= the target size.
 

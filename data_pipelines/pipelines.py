@@ -303,8 +303,9 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
 def make_eval_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabulary, *,
                       split: str | None = None, process_index: int | None = None,
                       process_count: int | None = None) -> tf.data.Dataset:
-  """Every frame of every (video, expression) of this host's videos, in windows of T frames
-  (the last window padded, frame_valid False), no augmentation, in a fixed order. The last
+  """Every frame of every (video, expression) of this host's videos, once, in windows of T
+  frames (config.eval_frame_stride apart, clip_ops.eval_windows; a short last window padded,
+  frame_valid False), no augmentation, in a fixed order. The last
   batch is completed with filler examples (example_valid False) so shapes never change."""
   _check_config(config)
   split = split or config.eval_split
@@ -313,14 +314,16 @@ def make_eval_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabul
   ds = read_records(builder, split, process_index=process_index, process_count=process_count)
   ds = ds.flat_map(lambda r: _expand_expressions(r, None))
 
+  stride = int(config.get('eval_frame_stride', 1))
+  if stride < 1:
+    raise ValueError(f'config.data.eval_frame_stride must be >= 1, got {stride}')
+
   def windows(ex):
-    n = tf.shape(ex['frames'])[0]
-    starts = tf.range(0, n, T)
-    return tf.data.Dataset.from_tensor_slices(starts).map(lambda s: {**ex, 'start': s})
+    rows = clip_ops.eval_windows(tf.shape(ex['frames'])[0], T, stride)
+    return tf.data.Dataset.from_tensor_slices(rows).map(lambda r: {**ex, 'window': r})
 
   def cut(ex):
-    n = tf.shape(ex['frames'])[0]
-    idx = tf.range(ex['start'], tf.minimum(ex['start'] + T, n))
+    idx = tf.boolean_mask(ex['window'], ex['window'] >= 0)
     out = dict(ex)
     out['frames'] = tf.gather(ex['frames'], idx)
     out['frame_names'] = tf.gather(ex['frame_names'], idx)

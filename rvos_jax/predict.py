@@ -42,6 +42,7 @@ from absl import logging
 from PIL import Image
 
 from data_pipelines import vocabulary as vocabulary_lib
+from data_pipelines import windows as windows_lib
 from rvos_jax import precision
 
 # (variables, frames (B,T,H,W,3) float32 in [0,1], tokens (B,N), token_mask (B,N))
@@ -185,20 +186,23 @@ def video_probabilities(predict_fn: PredictFn, variables, frames_uint8: np.ndarr
   B = int(data_config.get('eval_batch_size', 1) or 1)
   n = frames_uint8.shape[0]
   tokens, token_mask = encode_expression(expression, vocab, data_config.max_words)
-  num_windows = -(-n // T)
-  num_batches = -(-num_windows // B)
-  probs = np.zeros((num_batches * B * T, H, W), np.float32)
-  conf = np.zeros((num_batches * B * T,), np.float32)
+  # The windows of the evaluation pipeline: every frame once, eval_frame_stride apart.
+  windows = windows_lib.eval_windows(n, T, int(data_config.get('eval_frame_stride', 1)))
+  num_batches = -(-len(windows) // B)
+  windows = np.concatenate([windows, np.full((num_batches * B - len(windows), T), -1, np.int32)])
+  probs = np.zeros((n, H, W), np.float32)
+  conf = np.zeros((n,), np.float32)
   batch_tokens = np.repeat(tokens[None], B, axis=0)
   batch_mask = np.repeat(token_mask[None], B, axis=0)
   for i in range(num_batches):
-    lo, hi = i * B * T, min((i + 1) * B * T, n)
+    idx = windows[i * B:(i + 1) * B].reshape(B * T)
+    valid = idx >= 0
     clip = np.zeros((B * T, H, W, 3), np.float32)  # blank padding frames and windows
-    clip[:hi - lo] = resize_frames(frames_uint8[lo:hi], H, W)
+    clip[valid] = resize_frames(frames_uint8[idx[valid]], H, W)
     p, c = predict_fn(variables, clip.reshape(B, T, H, W, 3), batch_tokens, batch_mask)
-    probs[lo:lo + B * T] = np.asarray(p).reshape(B * T, H, W)
-    conf[lo:lo + B * T] = np.asarray(c).reshape(B * T)
-  return probs[:n], conf[:n]
+    probs[idx[valid]] = np.asarray(p).reshape(B * T, H, W)[valid]
+    conf[idx[valid]] = np.asarray(c).reshape(B * T)[valid]
+  return probs, conf
 
 
 def probabilities_to_masks(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:

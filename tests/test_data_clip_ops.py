@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_pipelines import clip_ops
+from data_pipelines import clip_ops, windows
 
 
 def ce2p_generate_edge(label, edge_width=3):
@@ -137,6 +137,37 @@ def test_sample_frame_indices(n, stride, jitter):
   a = clip_ops.sample_frame_indices(tf.constant(n), 4, stride, jitter, tf.constant([1, 2]))[0]
   b = clip_ops.sample_frame_indices(tf.constant(n), 4, stride, jitter, tf.constant([1, 2]))[0]
   np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_eval_windows_by_hand():
+  np.testing.assert_array_equal(windows.eval_windows(12, 6, 2),
+                                [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11]])
+  np.testing.assert_array_equal(windows.eval_windows(13, 6, 2), [
+      [0, 2, 4, 6, 8, 10], [12, -1, -1, -1, -1, -1], [1, 3, 5, 7, 9, 11]])
+  np.testing.assert_array_equal(windows.eval_windows(8, 3, 1),
+                                [[0, 1, 2], [3, 4, 5], [6, 7, -1]])
+  # At most T frames (or too few for the stride): consecutive, as training's sampling does.
+  np.testing.assert_array_equal(windows.eval_windows(6, 6, 2), [[0, 1, 2, 3, 4, 5]])
+  np.testing.assert_array_equal(windows.eval_windows(7, 6, 3), [[0, 1, 2, 3, 4, 5],
+                                                               [6, -1, -1, -1, -1, -1]])
+
+
+@pytest.mark.parametrize('stride', [1, 2, 3])
+def test_eval_windows_every_frame_once_eager_and_in_tf_data(stride):
+  cases = [(n, t) for n in (1, 2, 5, 6, 7, 12, 13, 25) for t in (1, 4, 6)]
+  for n, t in cases:
+    want = windows.eval_windows(n, t, stride)
+    valid = want[want >= 0]
+    np.testing.assert_array_equal(np.sort(valid), np.arange(n), err_msg=f'{n} {t} {stride}')
+    s = windows.eval_stride(n, t, stride)
+    for row in want:  # each window: frames s apart, padding only at its end
+      k = int((row >= 0).sum())
+      assert (row[:k] >= 0).all() and (np.diff(row[:k]) == s).all(), (n, t, stride, row)
+    np.testing.assert_array_equal(clip_ops.eval_windows(tf.constant(n), t, stride), want)
+  ds = tf.data.Dataset.from_tensor_slices([n for n, _ in cases if _ == 4]).map(
+      lambda n: clip_ops.eval_windows(n, 4, stride))
+  for n, got in zip([n for n, t in cases if t == 4], ds.as_numpy_iterator(), strict=True):
+    np.testing.assert_array_equal(got, windows.eval_windows(n, 4, stride))
 
 
 def test_photometric_jitter_range_and_determinism():

@@ -215,8 +215,10 @@ def test_two_process_shards_are_disjoint_and_complete(tiny_root, tiny_builder, t
     assert got == shards[index]
 
 
-def test_eval_windows_cover_every_frame(tiny_root, tiny_builder, tiny_vocab):
-  config = tiny_config(tiny_root, num_frames=3)  # 8 frames -> windows 3 + 3 + 2 (padded)
+@pytest.mark.parametrize('stride', [1, 2])
+def test_eval_windows_cover_every_frame(tiny_root, tiny_builder, tiny_vocab, stride):
+  # 8 frames, T=3: stride 1 -> windows 0-2, 3-5, 6-7 (padded); stride 2 -> 0,2,4 / 6 / 1,3,5 / 7
+  config = tiny_config(tiny_root, num_frames=3, eval_frame_stride=stride)
   ds = pipelines.make_eval_dataset(config, tiny_builder, tiny_vocab, process_index=0,
                                    process_count=1)
   meta = _meta(tiny_root, 'valid')
@@ -237,9 +239,10 @@ def test_eval_windows_cover_every_frame(tiny_root, tiny_builder, tiny_vocab):
         _, ids = _written(tiny_root, 'valid', key[0], meta[key[0]]['frames'][idx[t]])
         obj = int(meta[key[0]]['expressions'][key[1]]['obj_id'])
         np.testing.assert_array_equal(b['masks'][i][t], ids == obj)
-      seen.setdefault(key, []).extend(idx[idx >= 0].tolist())
+      seen.setdefault(key, []).append(idx[idx >= 0].tolist())
   assert set(seen) == {(v, e) for v in meta for e in meta[v]['expressions']}
-  assert all(sorted(f) == list(range(8)) for f in seen.values())
-  windows = 3 * len(seen)  # every (video, expression) has 3 windows of 8 frames
+  want = [[0, 1, 2], [3, 4, 5], [6, 7]] if stride == 1 else [[0, 2, 4], [6], [1, 3, 5], [7]]
+  assert all(w == want for w in seen.values())
+  windows = len(want) * len(seen)
   assert sum(int(b['example_valid'].sum()) for b in batches) == windows
   assert len(batches) == -(-windows // 3)  # fillers only complete the last batch

@@ -149,6 +149,7 @@ def test_segment_video_matches_manual_windows(setup):
   np.testing.assert_allclose(probs, want, atol=1e-5)
   np.testing.assert_allclose(conf, want_conf, atol=1e-5)
 
+
   masks = predict.segment_video(s.predict_fn, s.variables, frames, text, s.vocab, s.config)
   assert masks.shape == (7, 48, 64) and masks.dtype == bool
   _assert_masks_equal(masks, want, 'config-size video')
@@ -166,6 +167,40 @@ def test_segment_video_matches_manual_windows(setup):
   odd = np.asarray(jax.image.resize(x, (7, 37, 90, 3), 'bilinear') * 255).astype(np.uint8)
   odd_masks = predict.segment_video(s.predict_fn, s.variables, odd, text, s.vocab, s.config)
   assert odd_masks.shape == (7, 37, 90) and odd_masks.dtype == bool
+
+
+def test_video_probabilities_with_eval_frame_stride(setup):
+  """eval_frame_stride=2: windows of every second frame ([0,2,4,6] and [1,3,5]), and each
+  frame's probability lands back at its own index."""
+  s = setup
+  frames = _frames(s.root, 'train', 'train_00000')  # (7, 48, 64, 3)
+  text = _meta(s.root, 'train')['train_00000']['expressions']['0']['exp']
+  config = s.config.copy_and_resolve_references()
+  config.data.eval_frame_stride = 2
+  calls = []
+
+  def spy(variables, x, tokens, token_mask):
+    calls.append(np.asarray(x))
+    return s.predict_fn(variables, x, tokens, token_mask)
+
+  probs, conf = predict.video_probabilities(spy, s.variables, frames, text, s.vocab, config)
+  x = frames.astype(np.float32) / 255.0
+  assert len(calls) == 1 and calls[0].shape == (3, T, 48, 64, 3)
+  np.testing.assert_allclose(calls[0][0], x[[0, 2, 4, 6]], atol=1e-6)
+  np.testing.assert_allclose(calls[0][1, :3], x[[1, 3, 5]], atol=1e-6)
+  assert not calls[0][1, 3].any() and not calls[0][2].any()
+
+  tokens, token_mask = s.vocab.encode(text, s.config.data.max_words)
+  clip = np.zeros((2, T, 48, 64, 3), np.float32)
+  clip[0], clip[1, :3] = x[[0, 2, 4, 6]], x[[1, 3, 5]]
+  out = jax.jit(s.model.apply)(s.variables, clip, np.stack([tokens] * 2),
+                               np.stack([token_mask] * 2))
+  window_probs = np.asarray(jax.nn.sigmoid(out.mask_logits))
+  np.testing.assert_allclose(probs[[0, 2, 4, 6]], window_probs[0], atol=1e-5)
+  np.testing.assert_allclose(probs[[1, 3, 5]], window_probs[1, :3], atol=1e-5)
+  np.testing.assert_allclose(conf[[1, 3, 5]],
+                             np.asarray(jax.nn.sigmoid(out.confidence))[1, :3], atol=1e-5)
+
 
 
 def test_encode_expression(setup, caplog):
