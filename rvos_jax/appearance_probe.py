@@ -19,11 +19,9 @@ model section, `model.backbone_stem_pool`).
 """
 
 
-import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import ytvos_layout
 from data_pipelines.refer_shapes import COLOURS, SHAPES
 from rvos_jax import motion_probe
 
@@ -46,26 +44,13 @@ def attributes_of(expression: str) -> dict[str, int] | None:
 def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
           max_videos: int | None = None) -> dict:
   """Colour and shape decodability for the latest checkpoint in workdir (module docstring)."""
-  from rvos_jax import predict, train  # noqa: PLC0415 -- JAX model code only when probing
+  from rvos_jax import predict  # noqa: PLC0415 -- JAX model code only when probing
 
   data = config.data
-  meta_path = ytvos_layout.meta_expressions_path(data.root, split)
-  meta = ytvos_layout.read_meta_expressions(meta_path)
-  kinds = ytvos_layout.read_expression_kinds(meta_path)
-  if kinds is None:
-    raise ValueError(f'{meta_path}: no {ytvos_layout.EXPRESSION_KINDS} beside it: the probe '
-                     f'needs refer_shapes (appearance expressions)')
-  model, variables, vocab = train.restore_for_inference(config, workdir)
-  T, H, W = data.num_frames, data.height, data.width
+  ps = motion_probe.setup_probe(config, workdir, split, 'appearance expressions')
+  meta, kinds, vocab = ps.meta, ps.kinds, ps.vocab
+  T = data.num_frames
   names_of = motion_probe.EMBEDDINGS
-
-  @jax.jit
-  def embeddings(frames, tokens, token_mask):
-    _, state = model.apply(variables, frames, tokens, token_mask, train=False,
-                           capture_intermediates=lambda m, _: m.name in names_of,
-                           mutable=['intermediates'])
-    inter = state['intermediates']
-    return {k: inter[k]['__call__'][0] for k in names_of if k in inter}
 
   features = {k: [] for k in names_of}
   labels = {name: [] for name in ATTRIBUTES}
@@ -83,18 +68,11 @@ def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
         named[int(exp['obj_id'])] = attrs
     if not named:
       continue
-    if not entry.get('frames'):
-      raise ValueError(f'{meta_path}: video {video!r} lists no frames')
-    names = motion_probe.clip_frames(entry['frames'], T, data.frame_stride)
-    frames, ids = motion_probe.read_clip(data.root, split, video, names)
-    n = len(names)
-    clip = np.zeros((1, T, H, W, 3), np.float32)  # a short video: blank padding, as in training
-    clip[0, :n] = predict.resize_frames(frames, H, W)
-    ids = motion_probe.resize_nearest(ids, H, W)
+    clip, ids, n = motion_probe.probe_clip(data, split, video, entry, ps.meta_path)
     # The embeddings do not depend on the words: any expression of the video will do.
     tokens, token_mask = predict.encode_expression(
         next(iter(entry['expressions'].values()))['exp'], vocab, data.max_words)
-    inter = embeddings(clip, tokens[None], token_mask[None])
+    _, inter = ps.forward(clip, tokens[None], token_mask[None])
     for obj, attrs in sorted(named.items()):
       if not (ids == obj).any():  # hidden in every probed frame: nothing to read
         skipped += 1

@@ -22,7 +22,8 @@ Clips are what training sees: T frames `config.data.frame_stride` apart from the
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -135,21 +136,31 @@ def read_clip(root: str, split: str, video: str, names: Sequence[str]):
   return np.stack(frames), np.stack(ids)
 
 
-def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
-          max_videos: int | None = None) -> dict:
-  """Both measurements for the latest checkpoint in workdir (see the module docstring)."""
-  from rvos_jax import predict, train  # noqa: PLC0415 -- JAX model code only when probing
+class ProbeSetup(NamedTuple):
+  """What both probes read: the split's expressions and kinds, and the restored model."""
+  meta_path: str
+  meta: dict
+  kinds: dict
+  model: Any
+  variables: Any
+  vocab: Any
+  forward: Callable  # (frames, tokens, token_mask) -> (ModelOutputs, {embedding: array})
 
-  data = config.data
-  meta_path = ytvos_layout.meta_expressions_path(data.root, split)
+
+def setup_probe(config: ml_collections.ConfigDict, workdir: str, split: str,
+                needs: str) -> ProbeSetup:
+  """The split's meta_expressions and expression kinds (refer_shapes: an error naming the
+  file and what the probe `needs` otherwise), the latest checkpoint, and a jitted forward
+  pass that also returns the EMBEDDINGS' outputs."""
+  from rvos_jax import train  # noqa: PLC0415 -- JAX model code only when probing
+
+  meta_path = ytvos_layout.meta_expressions_path(config.data.root, split)
   meta = ytvos_layout.read_meta_expressions(meta_path)
   kinds = ytvos_layout.read_expression_kinds(meta_path)
   if kinds is None:
     raise ValueError(f'{meta_path}: no {ytvos_layout.EXPRESSION_KINDS} beside it: the probe '
-                     f'needs refer_shapes (motion expressions and their look-alike twins)')
+                     f'needs refer_shapes ({needs})')
   model, variables, vocab = train.restore_for_inference(config, workdir)
-  levels = [lvl for lvl in LEVELS if config.model[f'use_{lvl}_level']]
-  T, H, W = data.num_frames, data.height, data.width
 
   @jax.jit
   def forward(frames, tokens, token_mask):
@@ -159,19 +170,43 @@ def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
     inter = state['intermediates']
     return outputs, {k: inter[k]['__call__'][0] for k in EMBEDDINGS if k in inter}
 
+  return ProbeSetup(meta_path, meta, kinds, model, variables, vocab, forward)
+
+
+def probe_clip(data: ml_collections.ConfigDict, split: str, video: str, entry: dict,
+               meta_path: str) -> tuple[np.ndarray, np.ndarray, int]:
+  """The probed window of a video (clip_frames): the model input (1, T, H, W, 3) (a short
+  video padded with blank frames, as in training), the object ids (n, H, W) and n."""
+  from rvos_jax import predict  # noqa: PLC0415
+
+  if not entry.get('frames'):
+    raise ValueError(f'{meta_path}: video {video!r} lists no frames')
+  T, H, W = data.num_frames, data.height, data.width
+  names = clip_frames(entry['frames'], T, data.frame_stride)
+  frames, ids = read_clip(data.root, split, video, names)
+  n = len(names)
+  clip = np.zeros((1, T, H, W, 3), np.float32)
+  clip[0, :n] = predict.resize_frames(frames, H, W)
+  return clip, resize_nearest(ids, H, W), n
+
+
+def probe(config: ml_collections.ConfigDict, workdir: str, split: str = 'train',
+          max_videos: int | None = None) -> dict:
+  """Both measurements for the latest checkpoint in workdir (see the module docstring)."""
+  from rvos_jax import predict  # noqa: PLC0415 -- JAX model code only when probing
+
+  data = config.data
+  ps = setup_probe(config, workdir, split, 'motion expressions and their look-alike twins')
+  meta, kinds, vocab, forward = ps.meta, ps.kinds, ps.vocab, ps.forward
+  levels = [lvl for lvl in LEVELS if config.model[f'use_{lvl}_level']]
+  T = data.num_frames
+
   features = {k: [] for k in EMBEDDINGS}
   labels, margins = [], {}
   videos = [v for v in sorted(meta) if list(kinds.get(v, {}).values()).count('motion') == 2]
   for video in videos[:max_videos]:
     entry = meta[video]
-    if not entry.get('frames'):
-      raise ValueError(f'{meta_path}: video {video!r} lists no frames')
-    names = clip_frames(entry['frames'], T, data.frame_stride)
-    frames, ids = read_clip(data.root, split, video, names)
-    n = len(names)
-    clip = np.zeros((1, T, H, W, 3), np.float32)  # a short video: blank padding, as in training
-    clip[0, :n] = predict.resize_frames(frames, H, W)
-    ids = resize_nearest(ids, H, W)
+    clip, ids, n = probe_clip(data, split, video, entry, ps.meta_path)
     motion = [e for e, kind in kinds[video].items() if kind == 'motion']
     obj = {e: int(entry['expressions'][e]['obj_id']) for e in motion}
     for e in motion:
