@@ -58,10 +58,13 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.photometric_strength = 0.5
 
   # Expressions per sampled clip: k > 1 draws k expressions (distinct where the video has as
-  # many) for one window of frames and keeps them next to each other in the batch. The same
-  # frames then appear with different targets, so masking every candidate object (the hedge
-  # Dice rewards while the language is still ignored) stops paying: only grounding lowers the
-  # loss of both. batch_size must be a multiple of k. 1 = independent (video, expression) draws.
+  # many) for one window of frames, with one augmentation draw, and keeps them next to each
+  # other in the batch. The same frames then appear with different targets, so masking every
+  # candidate object (the hedge Dice rewards while the language is still ignored) stops paying;
+  # and the training step reads each clip once: backbone, embeddings and object decoder run
+  # once for its k expressions (train.model_inputs, mlrl_sa.MLRLSA), so a batch of B clips x k
+  # expressions costs far less than B*k clips. batch_size (B*k rows) must be a multiple of k.
+  # 1 = independent (video, expression) draws.
   c.expressions_per_clip = 1
   # A curriculum by expression kind (refer_shapes only: it writes each expression's kind in
   # meta_expressions/<split>/expression_kinds.json): {kind: n} enters every training expression

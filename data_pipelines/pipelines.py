@@ -270,8 +270,10 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
     ds = ds.batch(k).shuffle(max(1, config.shuffle_buffer // k), seed=config.seed + 1).unbatch()
 
   def process(index, ex):
+    # One augmentation draw per group of k: the k expressions of a clip see the same frames
+    # (the model then runs its text-independent part once per clip; train.model_inputs).
     seeds = tf.random.experimental.stateless_split(
-        tf.stack([tf.cast(config.seed, tf.int64) + 7919, index]), 3)
+        tf.stack([tf.cast(config.seed, tf.int64) + 7919, index // k]), 3)
     frames, target, objects, frame_valid = _decode_clip(ex, config)
     words = tokenize_tf(ex['exp'])
     if augment:

@@ -125,11 +125,25 @@ def create_train_state(config: ml_collections.ConfigDict, model: mlrl_sa.MLRLSA,
   return state, shardings
 
 
-def _apply(model, state: TrainState, params, batch, train: bool, rng=None):
+def model_inputs(batch: Mapping[str, jax.Array], expressions_per_clip: int = 1):
+  """(frames, tokens, token_mask) for the model. With K = expressions_per_clip > 1 each run of
+  K rows of the batch shows one clip (the training pipeline's groups): the model gets each clip
+  once and runs its text-independent part once for the K expressions (mlrl_sa.MLRLSA)."""
+  frames, tokens, token_mask = (batch[k] for k in MODEL_INPUTS)
+  if expressions_per_clip > 1:
+    # A reshape, not a strided slice: with the batch split over devices in whole groups, each
+    # device keeps its own clips.
+    frames = frames.reshape(-1, expressions_per_clip, *frames.shape[1:])[:, 0]
+  return frames, tokens, token_mask
+
+
+def _apply(model, state: TrainState, params, batch, train: bool, rng=None,
+           expressions_per_clip: int = 1):
   mutable = ['batch_stats'] if (train and not model.frozen_bn) else False
   rngs = {'dropout': rng} if rng is not None else None
   # Mixed precision (config.model.compute_dtype): computed in it, outputs and updates float32.
-  out = precision.apply(model, state.variables(params), *(batch[k] for k in MODEL_INPUTS),
+  out = precision.apply(model, state.variables(params),
+                        *model_inputs(batch, expressions_per_clip),
                         train=train, rngs=rngs, mutable=mutable)
   return out if mutable else (out, {})
 
@@ -141,7 +155,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: mlrl
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    outputs, updates = _apply(model, state, params, batch, train=True, rng=rng)
+    outputs, updates = _apply(model, state, params, batch, train=True, rng=rng,
+                              expressions_per_clip=config.data.get('expressions_per_clip', 1))
     loss, parts = losses.total_loss(outputs, batch, **loss_kwargs(config))
     return loss, (parts, updates)
 

@@ -118,9 +118,11 @@ def test_resume_continues_the_stream(tiny_root, tiny_builder, tiny_vocab):
 def test_expressions_per_clip_pairs_targets_on_the_same_frames(tiny_root, tiny_builder,
                                                                tiny_vocab):
   """expressions_per_clip=2: neighbours in a batch show one window of one video with two
-  different expressions, each with its own object's mask; every video is used once an epoch."""
-  config = tiny_config(tiny_root, expressions_per_clip=2, batch_size=4, flip_prob=0.0,
-                       photometric_strength=0.0)
+  different expressions, each with its own object's mask; every video is used once an epoch.
+  The pair shares one augmentation draw (flip and colour jitter): identical frames, which the
+  model then reads once (train.model_inputs)."""
+  config = tiny_config(tiny_root, expressions_per_clip=2, batch_size=4, flip_prob=0.5,
+                       photometric_strength=0.5)
   ds = pipelines.make_train_dataset(config, tiny_builder, tiny_vocab, process_index=0,
                                     process_count=1, repeat=False)
   meta, videos = _meta(tiny_root), []
@@ -129,7 +131,8 @@ def test_expressions_per_clip_pairs_targets_on_the_same_frames(tiny_root, tiny_b
       b = a + 1
       assert x['video'][a] == x['video'][b]
       np.testing.assert_array_equal(x['frame_index'][a], x['frame_index'][b])
-      np.testing.assert_allclose(x['frames'][a], x['frames'][b])
+      np.testing.assert_array_equal(x['frames'][a], x['frames'][b])
+      np.testing.assert_array_equal(x['object_masks'][a], x['object_masks'][b])
       assert x['exp_id'][a] != x['exp_id'][b] and x['obj_id'][a] != x['obj_id'][b]
       assert (x['masks'][a] * x['masks'][b]).sum() == 0  # two objects, two targets
       assert x['masks'][a].sum() > 0 and x['masks'][b].sum() > 0

@@ -1,6 +1,7 @@
 """MLRL-SA: the whole network of Wu et al., CVPR 2022 (Fig. 2).
 
-frames (B, T, H, W, 3) in [0, 1], tokens (B, N), token_mask (B, N)
+frames (B, T, H, W, 3) in [0, 1], tokens (B*K, N), token_mask (B*K, N): K >= 1 expressions
+per clip, each clip's K next to each other (the text-independent part runs once per clip)
   -> ResNet res2..res5 -> 1x1 reduce (res5 -> d) = P            (§3.1)
   -> video / frame / object level embeddings                      (Eq. 1-7)
   -> one language encoder per level, semantic alignment each      (Eq. 8-11)
@@ -107,9 +108,26 @@ class MLRLSA(nn.Module):
   @nn.compact
   def __call__(self, frames: jax.Array, tokens: jax.Array, token_mask: jax.Array,
                train: bool = False) -> ModelOutputs:
+    """frames (B, T, H, W, 3); tokens, token_mask (B*K, N): K expressions of each clip, next to
+    each other. What does not read the words (backbone, P, the three embeddings, the object
+    decoder; Eq. 1-7) runs once per clip; the outputs have B*K rows, the same numbers as
+    repeating each clip K times would give (BatchNorm's batch statistics included)."""
     chex.assert_rank([frames, tokens, token_mask], [5, 2, 2])
     chex.assert_equal_shape([tokens, token_mask])
     b, t, height, width, _ = frames.shape
+    k, rest = divmod(tokens.shape[0], b)
+    if rest or not k:
+      raise ValueError(f'MLRL-SA: {tokens.shape[0]} expressions for {b} clips; expected K >= 1 '
+                       f'per clip (B*K token rows)')
+    bk = b * k
+
+    def per_expression(x, frame_rows=False):
+      """(B, ...) -> (B*K, ...), each clip's row K times; frame_rows: (B*T, ...) rows."""
+      if k == 1:
+        return x
+      if frame_rows:
+        return jnp.repeat(x.reshape(b, t, *x.shape[1:]), k, axis=0).reshape(bk * t, *x.shape[1:])
+      return jnp.repeat(x, k, axis=0)
     if not (self.use_video_level or self.use_frame_level or self.use_object_level):
       raise ValueError('MLRL-SA needs at least one of the video, frame and object levels.')
     d = self.hidden_dim
@@ -134,13 +152,15 @@ class MLRLSA(nn.Module):
     text_pixel = []
     object_logits = None
     if self.use_video_level:
-      p_video = VideoLevelEmbedding(position, heads, temporal, name='video_embedding')(p)  # Eq. 1-3
+      p_video = per_expression(VideoLevelEmbedding(
+          position, heads, temporal, name='video_embedding')(p))  # Eq. 1-3
       s_video = self._language('video_language')(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
       if self.text_pixel_head:
         text_pixel.append(TextPixelHead(name='video_text_pixel')(p_video, s_video, token_mask))
     if self.use_frame_level:
-      p_frame = FrameLevelEmbedding(position, heads, name='frame_embedding')(p)  # Eq. 4
+      p_frame = per_expression(FrameLevelEmbedding(
+          position, heads, name='frame_embedding')(p))  # Eq. 4
       s_frame = self._language('frame_language')(words, token_mask, train)
       levels.append(self._align('frame_alignment', '2d')(p_frame, s_frame, token_mask))
       if self.text_pixel_head:
@@ -150,30 +170,34 @@ class MLRLSA(nn.Module):
                                name='object_encoder')(p)  # Eq. 5
       y = PyramidHead(self.decoder_dim, 1, pyramid, name='object_decoder')(
           p_object.reshape(b * t, h, w, d), feats)  # Eq. 6
-      object_logits = upsample_bilinear(y, (height, width))[..., 0].reshape(b, t, height, width)
+      object_logits = per_expression(
+          upsample_bilinear(y, (height, width))[..., 0].reshape(b, t, height, width))
+      p_object = per_expression(p_object)
       s_object = self._language('object_language')(words, token_mask, train)
       levels.append(self._align('object_alignment', '2d')(p_object, s_object, token_mask))
       if self.text_pixel_head:
         text_pixel.append(TextPixelHead(name='object_text_pixel')(p_object, s_object, token_mask))
 
-    m = jnp.concatenate(levels, axis=-1).reshape(b * t, h, w, len(levels) * d)
+    m = jnp.concatenate(levels, axis=-1).reshape(bk * t, h, w, len(levels) * d)
     seg_in = m
     if self.text_pixel_to_decoder:
       if not self.text_pixel_head:
         raise ValueError('model.text_pixel_to_decoder needs model.text_pixel_head=True')
       seg_in = jnp.concatenate(
-          [m, jnp.stack(text_pixel, axis=-1).reshape(b * t, h, w, len(text_pixel))], axis=-1)
+          [m, jnp.stack(text_pixel, axis=-1).reshape(bk * t, h, w, len(text_pixel))], axis=-1)
+    seg_feats = {name: per_expression(feats[name], frame_rows=True)
+                 for name in ('res5', *pyramid)}
     e, bdry = BoundaryAwareSegmentation(self.decoder_dim, pyramid, name='segmentation')(
-        seg_in, feats, (height, width))  # Eq. 12-13
+        seg_in, seg_feats, (height, width))  # Eq. 12-13
     confidence = ConfidenceHead(d, name='confidence')(m)  # §3.4
     outputs = ModelOutputs(
-        mask_logits=e.reshape(b, t, height, width),
-        boundary_logits=bdry.reshape(b, t, height, width),
+        mask_logits=e.reshape(bk, t, height, width),
+        boundary_logits=bdry.reshape(bk, t, height, width),
         object_logits=object_logits,
-        confidence=confidence.reshape(b, t),
+        confidence=confidence.reshape(bk, t),
         text_pixel_logits=jnp.stack(text_pixel, axis=-1) if text_pixel else None,
     )
-    chex.assert_shape([outputs.mask_logits, outputs.boundary_logits], (b, t, height, width))
+    chex.assert_shape([outputs.mask_logits, outputs.boundary_logits], (bk, t, height, width))
     return outputs
 
 
