@@ -195,8 +195,8 @@ def test_refer_shapes_long_differs_from_the_default_only_in_steps():
   from configs import ablations, refer_shapes  # noqa: PLC0415
 
   base, long = refer_shapes.get_config().to_dict(), refer_shapes.get_config('long').to_dict()
-  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 2800
+  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 2200
   assert long == base
-  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2800
+  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2200
   with pytest.raises(ValueError, match="'longer'"):
     refer_shapes.get_config('longer')
