@@ -137,12 +137,11 @@ def read_clip(root: str, split: str, video: str, names: Sequence[str]):
 
 
 class ProbeSetup(NamedTuple):
-  """What both probes read: the split's expressions and kinds, and the restored model."""
+  """What both probes read: the split's expressions and kinds, the vocabulary, and a forward
+  pass of the restored model."""
   meta_path: str
   meta: dict
   kinds: dict
-  model: Any
-  variables: Any
   vocab: Any
   forward: Callable  # (frames, tokens, token_mask) -> (ModelOutputs, {embedding: array})
 
@@ -170,7 +169,7 @@ def setup_probe(config: ml_collections.ConfigDict, workdir: str, split: str,
     inter = state['intermediates']
     return outputs, {k: inter[k]['__call__'][0] for k in EMBEDDINGS if k in inter}
 
-  return ProbeSetup(meta_path, meta, kinds, model, variables, vocab, forward)
+  return ProbeSetup(meta_path, meta, kinds, vocab, forward)
 
 
 def probe_clip(data: ml_collections.ConfigDict, split: str, video: str, entry: dict,
