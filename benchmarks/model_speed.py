@@ -4,6 +4,8 @@
   python -m benchmarks.model_speed --settings=embedded --repeats=3
   python -m benchmarks.model_speed --json=benchmarks/results/cpu.json
   python -m benchmarks.model_speed --settings=paper --frameworks=jax --modes=infer --breakdown
+  python -m benchmarks.model_speed --settings=embedded --frameworks=jax --modes=train \
+      --set=model.decoder_finest_stride=2                # what a config switch costs
   JAX_PLATFORMS=cuda python -m benchmarks.model_speed --frameworks=jax --settings=paper \
       --compute_dtype=bfloat16 --clips=16              # a GPU: bf16, 16 windows per call
 
@@ -38,6 +40,7 @@ none of them).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import resource
@@ -60,6 +63,8 @@ flags.DEFINE_integer('clips', 0, 'Clips per step; 0 = the setting\'s own (paper 
 flags.DEFINE_integer('expressions_per_clip', 1, 'JAX train rows: K expressions per clip '
                      '(config.data.expressions_per_clip): --clips rows, clips/K distinct clips, '
                      'each read once by the step.')
+flags.DEFINE_multi_string('set', [], 'A config override KEY=VALUE for every row (repeatable), '
+                          'e.g. --set=model.decoder_finest_stride=2: what a switch costs.')
 flags.DEFINE_bool('stock', False, 'Without rvos_jax/xla_flags.py\'s defaults: what they buy.')
 flags.DEFINE_string('xla_flags', '', 'Extra XLA_FLAGS for every child (e.g. to try a flag).')
 flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16', 'float16'],
@@ -84,6 +89,16 @@ def setting_config(name: str):
     config, clips = refer_shapes.get_config(), 8
   else:
     raise ValueError(f'unknown setting {name!r}: embedded or paper')
+  for item in FLAGS.set:
+    key, sep, value = item.partition('=')
+    section, _, field = key.partition('.')
+    if not sep or section not in config or field not in config[section]:
+      raise ValueError(f'--set={item!r}: not KEY=VALUE with KEY an existing config key')
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass  # a bare string
+    config[section][field] = value
   config.model.frozen_bn = True
   config.model.text_dropout = 0.0
   config.model.compute_dtype = FLAGS.compute_dtype
@@ -201,7 +216,9 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
       text_pixel_head=c.get('text_pixel_head', False),
       video_temporal_kernel=c.get('video_temporal_kernel', 0),
       backbone_stem_pool=c.get('backbone_stem_pool', True),
-      text_pixel_to_decoder=c.get('text_pixel_to_decoder', False))
+      text_pixel_to_decoder=c.get('text_pixel_to_decoder', False),
+      decoder_finest_stride=c.get('decoder_finest_stride', 4),
+      mask_upsample=c.get('mask_upsample', 'bilinear'))
   parity.randomize_(model)  # eval(): frozen BatchNorm statistics, as in the JAX rows
   b = make_batch(config, clips)
   frames = torch.from_numpy(np.ascontiguousarray(np.moveaxis(b['frames'], -1, 2)))
@@ -375,7 +392,8 @@ def run_child(spec: str) -> dict:
   cmd = [sys.executable, '-m', 'benchmarks.model_speed', f'--child={spec}',
          f'--repeats={FLAGS.repeats}', f'--warmup={FLAGS.warmup}', f'--clips={FLAGS.clips}',
          f'--compute_dtype={FLAGS.compute_dtype}',
-         f'--expressions_per_clip={FLAGS.expressions_per_clip}']
+         f'--expressions_per_clip={FLAGS.expressions_per_clip}',
+         *[f'--set={item}' for item in FLAGS.set]]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
   lines = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
   if proc.returncode or not lines:

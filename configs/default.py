@@ -23,6 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
   # small inputs of CPU-sized configs where res5 would be a 2x3 map.
   model.backbone_output_stride = 32
   model.backbone_stem_pool = True  # torchvision's stem; False drops its max-pool (small frames)
+  # The heads read res2..res5 (Eq. 6, 12-13) down to this stride; 2 keeps res2 without the pool.
+  model.decoder_finest_stride = 4
+  # E and B from the heads' stride to H x W: 'bilinear', or 'subpixel' (ours: r x r logits per
+  # cell, for small frames; README, "The model").
+  model.mask_upsample = 'bilinear'
   model.frozen_bn = True  # batch 2 per device is too small to train BatchNorm
   # Orbax checkpoint written by `python -m rvos_jax.port_resnet50` (ImageNet weights); '' = random.
   model.backbone_init = ''

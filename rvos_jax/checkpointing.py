@@ -60,7 +60,8 @@ INIT_ONLY_MODEL_KEYS = ('model.backbone_init', 'model.compute_dtype')
 LATER_MODEL_KEYS = {'model.alignment_fusion': 'add', 'model.embedding_position': 'none',
                     'model.embedding_heads': 1, 'model.text_pixel_head': False,
                     'model.video_temporal_kernel': 0, 'model.backbone_stem_pool': True,
-                    'model.text_pixel_to_decoder': False}
+                    'model.text_pixel_to_decoder': False, 'model.decoder_finest_stride': 4,
+                    'model.mask_upsample': 'bilinear'}
 META_FORMAT = 1
 
 

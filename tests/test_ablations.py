@@ -157,6 +157,26 @@ def test_backbone_stem_pool_switch_drops_res2_from_the_heads():
   assert set(nopool) == set(base)
 
 
+def test_decoder_finest_stride_2_gives_the_heads_res2_back_without_the_stem_pool():
+  nopool = params(backbone_output_stride=8, backbone_stem_pool=False)
+  fine = params(backbone_output_stride=8, backbone_stem_pool=False, decoder_finest_stride=2)
+  heads = lambda tree: (tree['object_decoder'], tree['segmentation']['seg_head'],
+                        tree['segmentation']['boundary_head'])
+  for head in heads(fine):
+    assert {'lateral_res2', 'block_res2', 'lateral_res3', 'block_res3'} <= set(head)
+    # res2 of ResNet-18 x0.25 has 16 channels.
+    assert head['lateral_res2']['kernel'].shape[2] == 16
+  without = lambda tree: jax.tree.map(
+      lambda x: x.shape, {k: {n: v for n, v in h.items() if not n.endswith('res2')}
+                          for k, h in zip('abc', heads(tree), strict=True)})
+  assert without(fine) == without(nopool)
+  coarse = params(backbone_output_stride=8, backbone_stem_pool=False, decoder_finest_stride=8)
+  for head in heads(coarse):
+    assert not {'lateral_res2', 'lateral_res3', 'block_res3'} & set(head)
+  with pytest.raises(ValueError, match='decoder_finest_stride must be 2, 4 or 8'):
+    params(decoder_finest_stride=3)
+
+
 def test_text_pixel_head_switch_adds_one_head_per_level():
   base, heads = params(), params(text_pixel_head=True)
   added = set(heads) - set(base)
@@ -195,8 +215,29 @@ def test_refer_shapes_long_differs_from_the_default_only_in_steps():
   from configs import ablations, refer_shapes  # noqa: PLC0415
 
   base, long = refer_shapes.get_config().to_dict(), refer_shapes.get_config('long').to_dict()
-  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 2200
+  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 2000
   assert long == base
-  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2200
+  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2000
   with pytest.raises(ValueError, match="'longer'"):
     refer_shapes.get_config('longer')
+
+
+def test_mask_upsample_subpixel_widens_only_the_last_convs():
+  # The heads end at their finest level's stride: 4 with the stem pool (res2), 4 without it
+  # at output stride 8 (res3), 2 with decoder_finest_stride=2 (res2): r*r logits per cell.
+  c = CFG['decoder_dim']
+  shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+  for switches, r in (({}, 4), (dict(backbone_output_stride=8, backbone_stem_pool=False), 4),
+                      (dict(backbone_output_stride=8, backbone_stem_pool=False,
+                            decoder_finest_stride=2), 2)):
+    base, sub = params(**switches), params(mask_upsample='subpixel', **switches)
+    seg = sub['segmentation']
+    assert seg['fcnn']['kernel'].shape == (3, 3, c + r * r, r * r)
+    assert seg['boundary_head']['out']['kernel'].shape == (3, 3, c, r * r)
+    drop = lambda p: {**p, 'segmentation': {
+        **p['segmentation'], 'fcnn': None,
+        'boundary_head': {k: v for k, v in p['segmentation']['boundary_head'].items()
+                          if k != 'out'}}}
+    assert shapes(drop(sub)) == shapes(drop(base))
+  with pytest.raises(ValueError, match="mask_upsample must be 'bilinear' or 'subpixel'"):
+    params(mask_upsample='nearest')

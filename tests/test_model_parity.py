@@ -140,6 +140,8 @@ def test_full_model_small():
     dict(video_temporal_kernel=3, embedding_position='sine'),
     dict(backbone_output_stride=8),
     dict(backbone_output_stride=8, backbone_stem_pool=False),
+    dict(backbone_output_stride=8, backbone_stem_pool=False, decoder_finest_stride=2),
+    dict(mask_upsample='subpixel'),
 ], ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()))
 def test_ablation_variants_small(switches):
   run_parity(SMALL, small_inputs(), check_grads=False, **switches)
@@ -154,6 +156,14 @@ def test_text_pixel_maps_into_the_decoder_small():
   # Gradients included: the mask loss now reaches the text-to-pixel heads through the decoder.
   run_parity(SMALL, small_inputs(), text_pixel_head=True, text_pixel_to_decoder=True,
              backbone_output_stride=8, backbone_stem_pool=False)
+
+
+def test_subpixel_masks_small():
+  # Gradients included: depth_to_space and the crop to an h, w that are not multiples of the
+  # heads' stride 4 (res2 at stride 2 without the stem pool) are on the loss's path.
+  run_parity(SMALL, make_inputs(2, 2, 78, 142, 7, SMALL['vocab_size'], lengths=(7, 3)),
+             mask_upsample='subpixel', text_pixel_head=True,
+             text_pixel_to_decoder=True, backbone_output_stride=8, backbone_stem_pool=False)
 
 
 @pytest.mark.slow  # ~1 min; ResNet-50 parity alone stays in the default suite (test_resnet.py)

@@ -46,6 +46,13 @@ class MLRLSA(nn.Module):
     backbone_output_stride: 32 (paper); 16 / 8 dilate res5 (and res4) for small inputs.
     backbone_stem_pool: torchvision's stem max-pool (paper); False keeps twice the resolution
       in res2..res5 for small frames (resnet.ResNet).
+    mask_upsample: how E and B reach H x W from the heads' stride: 'bilinear' (the paper's
+      usual reading) or 'subpixel' (ours: r*r logits per cell laid out as an r x r patch;
+      segmentation.BoundaryAwareSegmentation).
+    decoder_finest_stride: the pyramid heads read the backbone features down to this stride
+      (segmentation.decoder_levels): 4 reads res2..res5 with the stem pool, as Eq. 6 and 12-13
+      print; without the pool res2 is at stride 2 and only 2 reads it (heads at twice the
+      resolution, four times the cost of their last block).
     frozen_bn: keep the backbone's BatchNorm statistics and affine fixed.
     use_video_level / use_frame_level / use_object_level: the three levels of §3.1.
     object_encoder: 'video' (paper), 'frame' or 'fcn'.
@@ -76,6 +83,8 @@ class MLRLSA(nn.Module):
   backbone_width: float = 1.0
   backbone_output_stride: int = 32
   backbone_stem_pool: bool = True
+  decoder_finest_stride: int = 4
+  mask_upsample: str = 'bilinear'
   frozen_bn: bool = True
   use_video_level: bool = True
   use_frame_level: bool = True
@@ -143,8 +152,8 @@ class MLRLSA(nn.Module):
     p = nn.Conv(d, (1, 1), name='reduce')(feats['res5'])  # §3.1: 1x1 conv c -> d
     h, w = p.shape[1:3]
     p = p.reshape(b, t, h, w, d)
-    pyramid = decoder_levels(feature_strides(self.backbone_output_stride,
-                                             self.backbone_stem_pool))
+    strides = feature_strides(self.backbone_output_stride, self.backbone_stem_pool)
+    pyramid = decoder_levels(strides, self.decoder_finest_stride)
 
     token_mask = token_mask.astype(bool)
     words = nn.Embed(self.vocab_size, d, name='word_embedding')(tokens)
@@ -187,7 +196,14 @@ class MLRLSA(nn.Module):
           [m, jnp.stack(text_pixel, axis=-1).reshape(bk * t, h, w, len(text_pixel))], axis=-1)
     seg_feats = {name: per_expression(feats[name], frame_rows=True)
                  for name in ('res5', *pyramid)}
-    e, bdry = BoundaryAwareSegmentation(self.decoder_dim, pyramid, name='segmentation')(
+    if self.mask_upsample not in ('bilinear', 'subpixel'):
+      raise ValueError(f"model.mask_upsample must be 'bilinear' or 'subpixel', got "
+                       f'{self.mask_upsample!r}')
+    subpixel = 1
+    if self.mask_upsample == 'subpixel':  # the heads end at their finest level's stride
+      subpixel = min(strides[name] for name in ('res5', *pyramid))
+    e, bdry = BoundaryAwareSegmentation(self.decoder_dim, pyramid, subpixel,
+                                        name='segmentation')(
         seg_in, seg_feats, (height, width))  # Eq. 12-13
     confidence = ConfidenceHead(d, name='confidence')(m)  # §3.4
     outputs = ModelOutputs(
@@ -213,6 +229,8 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       backbone_output_stride=c.backbone_output_stride,
       # Configs saved before this key existed describe torchvision's stem.
       backbone_stem_pool=c.get('backbone_stem_pool', True),
+      decoder_finest_stride=c.get('decoder_finest_stride', 4),
+      mask_upsample=c.get('mask_upsample', 'bilinear'),
       frozen_bn=c.frozen_bn,
       use_video_level=c.use_video_level,
       use_frame_level=c.use_frame_level,

@@ -252,16 +252,20 @@ class PyramidHead(nn.Module):
 
 
 class BoundaryAwareSegmentation(nn.Module):
-  def __init__(self, cin, feat_channels, c, levels=('res4', 'res3', 'res2')):
+  def __init__(self, cin, feat_channels, c, levels=('res4', 'res3', 'res2'), subpixel=1):
     super().__init__()
-    self.boundary_head = PyramidHead(cin, feat_channels, c, 1, levels)
+    r = self.subpixel = subpixel
+    self.boundary_head = PyramidHead(cin, feat_channels, c, r * r, levels)
     self.seg_head = PyramidHead(cin, feat_channels, c, c, levels)
-    self.fcnn = nn.Conv2d(c + 1, 1, 3, padding=1)
+    self.fcnn = nn.Conv2d(c + r * r, r * r, 3, padding=1)
 
   def forward(self, m, feats, size):
     b = self.boundary_head(m, feats)
     e = self.fcnn(torch.cat([b, self.seg_head(m, feats)], 1))
-    up = lambda y: F.interpolate(y, size=size, mode='bilinear', align_corners=False)[:, 0]
+    if self.subpixel == 1:
+      up = lambda y: F.interpolate(y, size=size, mode='bilinear', align_corners=False)[:, 0]
+    else:
+      up = lambda y: F.pixel_shuffle(y, self.subpixel)[:, 0, :size[0], :size[1]]
     return up(e), up(b)
 
 
@@ -286,7 +290,8 @@ class MLRLSA(nn.Module):
                embedding_position='none', alignment='dsa', alignment_fusion='add',
                text_layers=2, text_heads=8, text_ffn_dim=1536, embedding_heads=1,
                text_pixel_head=False, video_temporal_kernel=0, backbone_stem_pool=True,
-               text_pixel_to_decoder=False):
+               text_pixel_to_decoder=False, decoder_finest_stride=4,
+               mask_upsample='bilinear'):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
@@ -297,9 +302,10 @@ class MLRLSA(nn.Module):
     dilate = tuple(s > backbone_output_stride for s in strides[1:])
     self.backbone = ResNet(backbone_depth, backbone_width, replace_stride_with_dilation=dilate,
                            stem_pool=backbone_stem_pool)
-    # The heads end at stride 4: without the stem pool they do not read res2 (stride 2).
+    # The heads read the features down to decoder_finest_stride (res2 is at stride 2 without
+    # the stem pool).
     pyramid = tuple(f'res{i + 2}' for i in (2, 1, 0)
-                    if min(strides[i], backbone_output_stride) >= 4)
+                    if min(strides[i], backbone_output_stride) >= decoder_finest_stride)
     del self.backbone.fc, self.backbone.avgpool  # only res2..res5 are used
     expansion = 1 if backbone_depth in (18, 34) else 4
     base = int(round(64 * backbone_width)) * expansion
@@ -328,7 +334,11 @@ class MLRLSA(nn.Module):
     k = len(self.levels) * d
     self.text_pixel_to_decoder = text_pixel_to_decoder
     extra = len(self.levels) if text_pixel_to_decoder else 0
-    self.segmentation = BoundaryAwareSegmentation(k + extra, chans, c, pyramid)
+    # Sub-pixel masks: r*r logits per cell of the heads' finest level.
+    finest = min([min(strides[3], backbone_output_stride)] +
+                 [min(strides[int(name[3]) - 2], backbone_output_stride) for name in pyramid])
+    subpixel = finest if mask_upsample == 'subpixel' else 1
+    self.segmentation = BoundaryAwareSegmentation(k + extra, chans, c, pyramid, subpixel)
     self.confidence = ConfidenceHead(k, d)
 
   def forward(self, frames, tokens, token_mask):
