@@ -302,10 +302,11 @@ class MLRLSA(nn.Module):
     dilate = tuple(s > backbone_output_stride for s in strides[1:])
     self.backbone = ResNet(backbone_depth, backbone_width, replace_stride_with_dilation=dilate,
                            stem_pool=backbone_stem_pool)
-    # The heads read the features down to decoder_finest_stride (res2 is at stride 2 without
-    # the stem pool).
-    pyramid = tuple(f'res{i + 2}' for i in (2, 1, 0)
-                    if min(strides[i], backbone_output_stride) >= decoder_finest_stride)
+    # Each feature's stride after dilation; the heads read the features down to
+    # decoder_finest_stride (res2 is at stride 2 without the stem pool).
+    stride_of = {f'res{i + 2}': min(s, backbone_output_stride) for i, s in enumerate(strides)}
+    pyramid = tuple(name for name in ('res4', 'res3', 'res2')
+                    if stride_of[name] >= decoder_finest_stride)
     del self.backbone.fc, self.backbone.avgpool  # only res2..res5 are used
     expansion = 1 if backbone_depth in (18, 34) else 4
     base = int(round(64 * backbone_width)) * expansion
@@ -335,8 +336,7 @@ class MLRLSA(nn.Module):
     self.text_pixel_to_decoder = text_pixel_to_decoder
     extra = len(self.levels) if text_pixel_to_decoder else 0
     # Sub-pixel masks: r*r logits per cell of the heads' finest level.
-    finest = min([min(strides[3], backbone_output_stride)] +
-                 [min(strides[int(name[3]) - 2], backbone_output_stride) for name in pyramid])
+    finest = min(stride_of[name] for name in ('res5', *pyramid))
     subpixel = finest if mask_upsample == 'subpixel' else 1
     self.segmentation = BoundaryAwareSegmentation(k + extra, chans, c, pyramid, subpixel)
     self.confidence = ConfidenceHead(k, d)
