@@ -179,24 +179,28 @@ def _select_training_frames(ex, index, config):
   return out
 
 
-def _decode_clip(ex, config):
-  """Decoded, resized, padded to T: frames, target/object masks, frame_valid."""
+def _decode_window(ex, config):
+  """One window of frames decoded, resized and padded to T: frames (T,H,W,3) float32, object
+  ids (T,H,W) uint8 (0: background; all zero where the split has no masks), frame_valid (T,)."""
   T, H, W = config.num_frames, config.height, config.width
-  k = tf.shape(ex['frames'])[0]
+  n = tf.shape(ex['frames'])[0]
   ratio = clip_ops.jpeg_ratio(ex['height'], ex['width'], H, W)
   frames = clip_ops.decode_frames(ex['frames'], ratio, H, W)
   has_masks = tf.shape(ex['masks'])[0] > 0
   ids = tf.cond(has_masks, lambda: clip_ops.decode_masks(ex['masks'], H, W),
-                lambda: tf.zeros([k, H, W], tf.uint8))
-  target = tf.cast(tf.equal(ids, tf.cast(ex['obj_id'], tf.uint8)), tf.float32)
-  target = tf.where(ex['obj_id'] > 0, target, tf.zeros_like(target))
-  objects = tf.cast(ids > 0, tf.float32)
-  pad = T - k
-  frames = tf.pad(frames, [[0, pad], [0, 0], [0, 0], [0, 0]])
-  target = tf.pad(target, [[0, pad], [0, 0], [0, 0]])
-  objects = tf.pad(objects, [[0, pad], [0, 0], [0, 0]])
-  frame_valid = tf.range(T) < k
-  return frames, target, objects, frame_valid
+                lambda: tf.zeros([n, H, W], tf.uint8))
+  frames = tf.pad(frames, [[0, T - n], [0, 0], [0, 0], [0, 0]])
+  ids = tf.pad(ids, [[0, T - n], [0, 0], [0, 0]])
+  return frames, ids, tf.range(T) < n
+
+
+def _target_masks(ids, obj_id):
+  """Object ids (T,H,W) -> the mask of obj_id (a scalar, or (k,) for k masks: (k,T,H,W);
+  empty where obj_id <= 0) and the union of all objects (T,H,W, Eq. 7), both float32."""
+  obj_id = obj_id[..., None, None, None]
+  target = tf.cast(tf.equal(ids, tf.cast(obj_id, tf.uint8)), tf.float32)
+  target *= tf.cast(obj_id > 0, tf.float32)
+  return target, tf.cast(ids > 0, tf.float32)
 
 
 def _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config):
@@ -263,34 +267,40 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
     ds = ds.flat_map(lambda r: _expand_expressions(r, repeat_table))
     ds = ds.enumerate().map(lambda i, ex: _select_training_frames(ex, i, config),
                             num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.shuffle(config.shuffle_buffer, seed=config.seed + 1)
+    ds = ds.shuffle(config.shuffle_buffer, seed=config.seed + 1).batch(1)
   else:
-    # Groups of k expressions on one window are shuffled as units, so they stay adjacent.
     ds = ds.enumerate().flat_map(lambda i, r: _expression_group(r, i, repeat_table, k, config))
-    ds = ds.batch(k).shuffle(max(1, config.shuffle_buffer // k), seed=config.seed + 1).unbatch()
+    ds = ds.batch(k).shuffle(max(1, config.shuffle_buffer // k), seed=config.seed + 1)
+  # From here on one element is one window and its k expressions (shuffled as a unit).
 
-  def process(index, ex):
-    # One augmentation draw per group of k: the k expressions of a clip see the same frames
-    # (the model then runs its text-independent part once per clip; train.model_inputs).
+  def process(index, group):
+    # The window is decoded and augmented once for its k expressions (they see the same
+    # frames, so the model runs its text-independent part once per clip; train.model_inputs).
     seeds = tf.random.experimental.stateless_split(
-        tf.stack([tf.cast(config.seed, tf.int64) + 7919, index // k]), 3)
-    frames, target, objects, frame_valid = _decode_clip(ex, config)
-    words = tokenize_tf(ex['exp'])
+        tf.stack([tf.cast(config.seed, tf.int64) + 7919, index]), 3)
+    frames, ids, frame_valid = _decode_window(
+        {key: group[key][0] for key in ('frames', 'masks', 'height', 'width')}, config)
+    words = [tokenize_tf(group['exp'][j]) for j in range(k)]
     if augment:
       frames = clip_ops.photometric_jitter(frames, config.photometric_strength, seeds[0])
       frames = tf.cond(  # padding frames stay blank
           tf.reduce_all(frame_valid), lambda: frames,
           lambda: frames * tf.cast(frame_valid, tf.float32)[:, None, None, None])
       flip = tf.random.stateless_uniform([], seeds[1]) < config.flip_prob
-      frames, (target, objects) = clip_ops.flip_clip(frames, (target, objects), flip)
-      words = clip_ops.flip_words(words, swap, flip)
-    tokens, token_mask, _ = encode_words_tf(words, table, config.max_words)
-    return _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config)
+      frames, (ids,) = clip_ops.flip_clip(frames, (ids,), flip)
+      words = [clip_ops.flip_words(w, swap, flip) for w in words]
+    targets, objects = _target_masks(ids, group['obj_id'])
+    rows = []
+    for j in range(k):
+      tokens, token_mask, _ = encode_words_tf(words[j], table, config.max_words)
+      rows.append(_finish({key: v[j] for key, v in group.items()}, frames, targets[j], objects,
+                          frame_valid, tokens, token_mask, config))
+    return {key: tf.stack([row[key] for row in rows]) for key in rows[0]}
 
-  ds = ds.enumerate()  # the index seeds each clip's augmentation: enumerate before skipping
+  ds = ds.enumerate()  # the index seeds each window's augmentation: enumerate before skipping
   if start_batch:
-    ds = ds.skip(start_batch * config.batch_size)
-  ds = ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.skip(start_batch * config.batch_size // k)
+  ds = ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
   ds = ds.batch(config.batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
@@ -335,7 +345,8 @@ def make_eval_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabul
     return out
 
   def process(ex):
-    frames, target, objects, frame_valid = _decode_clip(ex, config)
+    frames, ids, frame_valid = _decode_window(ex, config)
+    target, objects = _target_masks(ids, ex['obj_id'])
     tokens, token_mask, _ = encode_tf(ex['exp'], table, config.max_words)
     out = _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config)
     k = tf.shape(ex['frame_index'])[0]
