@@ -5,6 +5,8 @@ Clip layout: frames (T, H, W, 3) float32 in [0, 1]; masks (T, H, W) float32 {0, 
 fixed seed gives the same batches on every run.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -179,18 +181,21 @@ def boundary_target(masks: tf.Tensor, edge_width: int = 3) -> tf.Tensor:
   m = tf.convert_to_tensor(masks)
   shape = tf.shape(m)
   x = tf.reshape(m, tf.concat([[-1], shape[-2:]], 0))  # (B, H, W)
-  f = lambda d, pads: tf.pad(tf.cast(d, tf.float32), [[0, 0], *pads])
-  edge = tf.maximum(
-      tf.maximum(f(tf.not_equal(x[:, 1:, :], x[:, :-1, :]), [[1, 0], [0, 0]]),
-                 f(tf.not_equal(x[:, :, :-1], x[:, :, 1:]), [[0, 0], [0, 1]])),
-      tf.maximum(f(tf.not_equal(x[:, :-1, :-1], x[:, 1:, 1:]), [[0, 1], [0, 1]]),
-                 f(tf.not_equal(x[:, :-1, 1:], x[:, 1:, :-1]), [[0, 1], [1, 0]])))
+  differ = lambda a, b, pads: tf.pad(tf.not_equal(a, b), [[0, 0], *pads])
+  edge = tf.logical_or(
+      tf.logical_or(differ(x[:, 1:, :], x[:, :-1, :], [[1, 0], [0, 0]]),
+                    differ(x[:, :, :-1], x[:, :, 1:], [[0, 0], [0, 1]])),
+      tf.logical_or(differ(x[:, :-1, :-1], x[:, 1:, 1:], [[0, 1], [0, 1]]),
+                    differ(x[:, :-1, 1:], x[:, 1:, :-1], [[0, 1], [1, 0]])))
   if edge_width > 1:
     # OpenCV's anchor: edge_width // 2 pixels before, the rest after (differs from TF 'SAME'
-    # for even widths). Zero padding is neutral for a max over {0, 1}.
+    # for even widths); nothing outside the image. A square max is separable: rows, then
+    # columns, each an OR of shifted slices (5x cheaper on CPU than max_pool2d on 1 channel,
+    # which cost most of the training pipeline).
     before, after = edge_width // 2, edge_width - 1 - edge_width // 2
-    edge = tf.pad(edge, [[0, 0], [before, after], [before, after]])[..., None]
-    # A square max is separable: rows then columns, 2w instead of w^2 comparisons.
-    edge = tf.nn.max_pool2d(edge, [edge_width, 1], 1, 'VALID')
-    edge = tf.nn.max_pool2d(edge, [1, edge_width], 1, 'VALID')[..., 0]
-  return tf.reshape(edge, shape)
+    h, w = tf.shape(edge)[1], tf.shape(edge)[2]
+    rows = tf.pad(edge, [[0, 0], [before, after], [0, 0]])
+    edge = functools.reduce(tf.logical_or, [rows[:, i:i + h] for i in range(edge_width)])
+    cols = tf.pad(edge, [[0, 0], [0, 0], [before, after]])
+    edge = functools.reduce(tf.logical_or, [cols[:, :, i:i + w] for i in range(edge_width)])
+  return tf.reshape(tf.cast(edge, tf.float32), shape)
