@@ -40,14 +40,13 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, 'Rows per batch (0: the setting\'
 _THREADS = flags.DEFINE_integer('threads', 0, 'tf.data private thread pool (0 = default).')
 
 
-def data_config(root: str):
+def data_config():
   if _SETTING.value == 'embedded':
     config = refer_shapes_config.get_config().data  # 8 clips x 2 expressions at 64x96, T=6
   else:
     config = get_data_config()  # T=12, 240x432, N=20, flip, photometric jitter
     config.batch_size = 2
     config.shuffle_buffer = 64
-  config.root = root
   if _BATCH.value:
     config.batch_size = _BATCH.value
   return config
@@ -58,8 +57,7 @@ def _cpu_seconds() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def run(root: str) -> dict:
-  config = data_config(root)
+def run(config) -> dict:
   builder = builders.prepare(config)
   vocab = pipelines.build_vocabulary(builder)
   ds = pipelines.make_train_dataset(config, builder, vocab, process_index=0, process_count=1)
@@ -82,17 +80,17 @@ def run(root: str) -> dict:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  root = _ROOT.value
+  config = data_config()
+  config.root = _ROOT.value
+  height, width = _SRC_H.value, _SRC_W.value
+  if _SETTING.value == 'embedded' and not (_SRC_H.present or _SRC_W.present):
+    height, width = config.generate.height, config.generate.width
   with tempfile.TemporaryDirectory() as tmp:
-    height, width = _SRC_H.value, _SRC_W.value
-    if _SETTING.value == 'embedded' and not (_SRC_H.present or _SRC_W.present):
-      generate = refer_shapes_config.get_config().data.generate
-      height, width = generate.height, generate.width
-    if not root:
-      root = os.path.join(tmp, 'refer_shapes')
-      refer_shapes.generate(root, num_train_videos=_VIDEOS.value, num_valid_videos=0,
+    if not config.root:
+      config.root = os.path.join(tmp, 'refer_shapes')
+      refer_shapes.generate(config.root, num_train_videos=_VIDEOS.value, num_valid_videos=0,
                             num_frames=_FRAMES.value, height=height, width=width, seed=0)
-    r = run(root)
+    r = run(config)
   load = os.getloadavg()
   source = 'existing records' if _ROOT.value else f'{height}x{width} JPEGs'
   print(f'input pipeline ({_SETTING.value}), training, batch {r["shape"]} from {source}, '
