@@ -149,14 +149,18 @@ def _expression_group(record, index, repeats, k: int, config):
   if repeats is not None:  # only 0 (dropped) or 1 here: make_train_dataset refuses more
     keys = tf.strings.join([tf.fill(tf.shape(e['exp_id']), record['video']), e['exp_id']], '/')
     keep = repeats.lookup(keys) > 0
-  per_exp = {key: tf.boolean_mask(e[key], keep) for key in ('exp_id', 'exp', 'obj_id')}
-  n = tf.shape(per_exp['exp_id'])[0]
+  kept = tf.boolean_mask(tf.range(tf.shape(keep)[0]), keep)  # indices of kept expressions
+  n = tf.shape(kept)[0]
   order = tf.argsort(tf.random.stateless_uniform(
       [n], tf.stack([tf.cast(config.seed, tf.int64) + 104729, index])))
-  pick = tf.gather(order, tf.range(k) % tf.maximum(n, 1))
+  # With nothing kept, gather expression 0 (every video has one) and drop the group below:
+  # gathering from an empty tensor is an error even when nothing is taken.
+  pick = tf.cond(n > 0, lambda: tf.gather(kept, tf.gather(order, tf.range(k) % tf.maximum(n, 1))),
+                 lambda: tf.zeros([k], tf.int32))
   shared = {key: record[key] for key in ('video', 'frames', 'masks', 'frame_names', 'height',
                                          'width', 'frame_index')}
-  ds = tf.data.Dataset.from_tensor_slices({key: tf.gather(v, pick) for key, v in per_exp.items()})
+  ds = tf.data.Dataset.from_tensor_slices(
+      {key: tf.gather(e[key], pick) for key in ('exp_id', 'exp', 'obj_id')})
   ds = ds.map(lambda x: {**shared, **x})
   # A video whose expressions were all excluded yields nothing.
   return ds.take(tf.cast(tf.minimum(n, 1), tf.int64) * k)

@@ -184,6 +184,13 @@ def test_kind_repeats_oversample_and_drop_kinds(tiny_root, tiny_builder, tiny_vo
     with pytest.raises(ValueError, match=match):
       pipelines.make_train_dataset(tiny_config(tiny_root, kind_repeats=bad), tiny_builder,
                                    tiny_vocab, process_index=0, process_count=1)
+  # With expressions_per_clip=2, 0 may drop every expression of a video (here: all but
+  # motion): that video yields no clip, the others their two motion expressions.
+  only = dict.fromkeys(('appearance', 'position', 'occluded'), 0)
+  pairs = _stream_keys(tiny_config(tiny_root, batch_size=2, expressions_per_clip=2,
+                                   flip_prob=0.0, kind_repeats=only), tiny_builder, tiny_vocab)
+  motion_videos = {v for v, _ in motion}
+  assert pairs and set(pairs) <= motion and len(pairs) == 2 * len(motion_videos)
   with pytest.raises(ValueError, match='expressions_per_clip=1'):
     pipelines.make_train_dataset(
         tiny_config(tiny_root, kind_repeats={'motion': 2}, expressions_per_clip=2, batch_size=4),
