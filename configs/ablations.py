@@ -22,7 +22,9 @@ BASES = {
 
 VARIANTS = {
     'full': {},
-    'no_video_level': {'model.use_video_level': False},
+    # The velocity head and its match read the video level: off with it (no-ops where off).
+    'no_video_level': {'model.use_video_level': False, 'model.velocity_head': False,
+                       'model.velocity_match': False},
     'no_frame_level': {'model.use_frame_level': False},
     'no_object_level': {'model.use_object_level': False},
     'object_encoder_fcn': {'model.object_encoder': 'fcn'},

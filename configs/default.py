@@ -48,6 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
   # video-level attention (models/embeddings.py: the attention alone pools look-alike content
   # whichever way it moves); 0 = Eq. 1-3 as printed.
   model.video_temporal_kernel = 0
+  # Ours: 'rgb_diff' adds an RGB-difference stream to P before Eq. 1 (rvos_jax/models/motion.py).
+  model.video_motion = 'none'
+  # Ours: a velocity read linearly from the video-level embedding, trained by
+  # loss.velocity_weight against the masks' object velocities (data.object_velocity).
+  model.velocity_head = False
+  # Ours: the video text-to-pixel map also matches the sentence's expected motion with that
+  # velocity (rvos_jax/models/alignment.py); needs velocity_head and text_pixel_head.
+  model.velocity_match = False
   model.alignment = 'dsa'  # 'dsa' | 'none'
   # Eq. 11: 'add' as printed, M = Linear(A S + P); 'multiply' adds A S * P (ours; see
   # rvos_jax/models/alignment.py for why).
@@ -74,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Not in the paper: weight of the auxiliary text-to-pixel loss (CRIS) on the heads that
   # model.text_pixel_head adds; 0 = the paper's Eq. 16.
   loss.text_pixel_weight = 0.0
+  # Ours: L1 on model.velocity_head's velocities (rvos_jax/losses.py); needs
+  # data.object_velocity.
+  loss.velocity_weight = 0.0
 
   config.optim = optim = ml_collections.ConfigDict()
   # The paper prints "1e-4 for backbone, 1e-5 for the remaining part"; nearly every RVOS code

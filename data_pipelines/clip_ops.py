@@ -199,3 +199,39 @@ def boundary_target(masks: tf.Tensor, edge_width: int = 3) -> tf.Tensor:
     cols = tf.pad(edge, [[0, 0], [0, 0], [before, after]])
     edge = functools.reduce(tf.logical_or, [cols[:, :, i:i + w] for i in range(edge_width)])
   return tf.reshape(tf.cast(edge, tf.float32), shape)
+
+
+def object_velocity(ids: tf.Tensor, frame_valid: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Per-pixel velocity of the object under each pixel, from instance masks (ours, for the
+  velocity loss; rvos_jax/losses.py).
+
+  ids (T, H, W) uint8 object ids (0 = background), frame_valid (T,) bool. Each object's
+  centroid c_t (pixels, (x, y)) in every frame; its velocity at frame t is
+  (c_{t+1} - c_{t-1}) / 2 (c_{t+1} - c_t or c_t - c_{t-1} at the clip's ends), in pixels per
+  clip frame. Returns (velocity (T, H, W, 2) float32, zero off objects; valid (T, H, W) float32:
+  1 where the pixel is on an object that is present, in a valid frame, in every frame its
+  velocity reads).
+  """
+  ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
+  shape = tf.shape(ids)
+  t, h, w = shape[0], shape[1], shape[2]
+  n = 256 * t
+  seg = ids + 256 * tf.range(t)[:, None, None]  # (frame, id) -> one segment
+  xx = tf.broadcast_to(tf.cast(tf.range(w), tf.float32)[None, None, :], shape)
+  yy = tf.broadcast_to(tf.cast(tf.range(h), tf.float32)[None, :, None], shape)
+  count = tf.reshape(tf.math.unsorted_segment_sum(tf.ones_like(xx), seg, n), [t, 256])
+  cx = tf.reshape(tf.math.unsorted_segment_sum(xx, seg, n), [t, 256])
+  cy = tf.reshape(tf.math.unsorted_segment_sum(yy, seg, n), [t, 256])
+  centre = tf.stack([cx, cy], -1) / tf.maximum(count, 1.0)[..., None]  # (T, 256, 2)
+  present = (count > 0) & tf.reshape(tf.cast(frame_valid, tf.bool), [-1, 1])
+  prev_i = tf.maximum(tf.range(t) - 1, 0)
+  next_i = tf.minimum(tf.range(t) + 1, t - 1)
+  steps = tf.cast(next_i - prev_i, tf.float32)  # 2 inside, 1 at the ends, 0 if T = 1
+  velocity = (tf.gather(centre, next_i) - tf.gather(centre, prev_i)) / tf.maximum(
+      steps, 1.0)[:, None, None]
+  ok = present & tf.gather(present, next_i) & tf.gather(present, prev_i) & (steps > 0)[:, None]
+  ok &= tf.range(256)[None, :] > 0
+  frame_of = tf.broadcast_to(tf.range(t)[:, None, None], shape)
+  index = tf.stack([frame_of, ids], -1)
+  valid = tf.cast(tf.gather_nd(ok, index), tf.float32)
+  return tf.gather_nd(velocity, index) * valid[..., None], valid

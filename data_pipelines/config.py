@@ -82,6 +82,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   c.prefetch = 2
   # Boundary target (CE2P, DESIGN.md "Losses"): edge pixels dilated by an edge_width square.
   c.boundary_width = 3
+  # Training batches carry each object's velocity from the masks (object_velocity, velocity_valid;
+  # clip_ops.object_velocity), for loss.velocity_weight.
+  c.object_velocity = False
 
   # Bad input (missing/corrupt frames, mask/frame size mismatch, unknown obj_id, empty or
   # over-long expression): False = raise naming the video / frame / key; True = drop the bad

@@ -294,11 +294,15 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
       frames, (ids,) = clip_ops.flip_clip(frames, (ids,), flip)
       words = [clip_ops.flip_words(w, swap, flip) for w in words]
     targets, objects = _target_masks(ids, group['obj_id'])
+    extra = {}
+    if config.get('object_velocity', False):  # after the flip: the velocity flips with it
+      extra['object_velocity'], extra['velocity_valid'] = clip_ops.object_velocity(
+          ids, frame_valid)
     rows = []
     for j in range(k):
       tokens, token_mask, _ = encode_words_tf(words[j], table, config.max_words)
-      rows.append(_finish({key: v[j] for key, v in group.items()}, frames, targets[j], objects,
-                          frame_valid, tokens, token_mask, config))
+      rows.append({**_finish({key: v[j] for key, v in group.items()}, frames, targets[j],
+                             objects, frame_valid, tokens, token_mask, config), **extra})
     return {key: tf.stack([row[key] for row in rows]) for key in rows[0]}
 
   ds = ds.enumerate()  # the index seeds each window's augmentation: enumerate before skipping

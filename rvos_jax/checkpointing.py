@@ -61,7 +61,8 @@ LATER_MODEL_KEYS = {'model.alignment_fusion': 'add', 'model.embedding_position':
                     'model.embedding_heads': 1, 'model.text_pixel_head': False,
                     'model.video_temporal_kernel': 0, 'model.backbone_stem_pool': True,
                     'model.text_pixel_to_decoder': False, 'model.decoder_finest_stride': 4,
-                    'model.mask_upsample': 'bilinear'}
+                    'model.mask_upsample': 'bilinear', 'model.video_motion': 'none',
+                    'model.velocity_head': False, 'model.velocity_match': False}
 META_FORMAT = 1
 
 

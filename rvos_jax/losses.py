@@ -242,6 +242,27 @@ def text_pixel_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) -
   return total / levels
 
 
+def velocity_loss(velocity: jax.Array, target: jax.Array, valid: jax.Array,
+                  weights: jax.Array) -> jax.Array:
+  """Ours (rvos_jax/models/motion.py, "Velocity"): L1 between the predicted velocity of the
+  object at each pixel and the velocity of its centroid in the masks.
+
+  velocity (B, T, h, w, 2) in embedding cells per frame, upsampled bilinearly to (H, W);
+  target (B, T, H, W, 2) in pixels per frame (data_pipelines.clip_ops.object_velocity), divided
+  by the cell size (W / w, H / h); valid (B, T, H, W) the pixels whose velocity is known.
+  Mean over valid pixels of valid frames of |dx| + |dy|; 0 when there are none.
+  """
+  chex.assert_rank([velocity, target, valid, weights], [5, 5, 4, 2])
+  b, t, h, w, _ = velocity.shape
+  height, width = target.shape[2:4]
+  up = upsample_bilinear(velocity.reshape(b * t, h, w, 2), (height, width)).reshape(
+      b, t, height, width, 2)
+  cell = jnp.asarray([width / w, height / h], jnp.float32)
+  err = jnp.abs(up - target / cell).sum(-1)
+  m = valid * weights[:, :, None, None]
+  return (err * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
 def _batch_array(batch: Mapping[str, jax.Array], key: str, shape: tuple[int, ...], what: str):
   """batch[key], checked against the shape of the model output it supervises."""
   if key not in batch:
@@ -264,6 +285,7 @@ def total_loss(
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
     text_pixel_weight: float = 0.0,
+    velocity_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The overall objective of Eq. 16: L = L_object + L_instance + beta * L_conf.
 
@@ -310,6 +332,13 @@ def total_loss(
   if outputs.text_pixel_logits is not None and text_pixel_weight:
     text_pixel = text_pixel_loss(outputs.text_pixel_logits, masks, weights)
     total = total + text_pixel_weight * text_pixel
+  velocity = jnp.zeros((), jnp.float32)
+  if outputs.velocity is not None and velocity_weight:
+    target = _batch_array(batch, "object_velocity", (*e.shape, 2),
+                          "(B, T, H, W, 2) of outputs.mask_logits")
+    known = _batch_array(batch, "velocity_valid", e.shape, "outputs.mask_logits")
+    velocity = velocity_loss(outputs.velocity, target, known, weights)
+    total = total + velocity_weight * velocity
   parts = {
       "object": obj,
       "mask": dice + focal,
@@ -318,6 +347,7 @@ def total_loss(
       "boundary": bdry,
       "confidence": conf,
       "text_pixel": text_pixel,
+      "velocity": velocity,
       "total": total,
   }
   return total, parts

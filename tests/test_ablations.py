@@ -123,6 +123,39 @@ def test_video_temporal_kernel_adds_one_conv_per_video_encoder():
     params(video_temporal_kernel=2)
 
 
+def test_video_motion_adds_one_stream_on_the_video_level():
+  # 'rgb_diff' adds the stream's convolutions and nothing else; without the video level
+  # there is nothing to add it to.
+  base, moving = params(), params(video_motion='rgb_diff')
+  assert set(moving) - set(base) == {'video_motion'}
+  assert jax.tree.map(lambda x: x.shape, {k: v for k, v in moving.items() if k != 'video_motion'}
+                      ) == jax.tree.map(lambda x: x.shape, base)
+  assert moving['video_motion']['out']['kernel'].shape[-1] == D
+  assert 'video_motion' not in params(video_motion='rgb_diff', use_video_level=False)
+  with pytest.raises(ValueError, match='video_motion'):
+    params(video_motion='flow')
+
+
+def test_velocity_head_adds_one_linear_map_on_the_video_level():
+  base, head = params(), params(velocity_head=True)
+  assert set(head) - set(base) == {'video_velocity'}
+  assert head['video_velocity']['kernel'].shape == (D, 2)
+  with pytest.raises(ValueError, match='velocity_head'):
+    params(velocity_head=True, use_video_level=False)
+
+
+def test_velocity_match_adds_a_query_to_the_video_text_pixel_head_only():
+  base = params(velocity_head=True, text_pixel_head=True)
+  match = params(velocity_head=True, text_pixel_head=True, velocity_match=True)
+  assert set(match['video_text_pixel']) - set(base['video_text_pixel']) == {'velocity_query'}
+  assert match['video_text_pixel']['velocity_query']['kernel'].shape == (D, 3)
+  for level in ('frame', 'object'):
+    assert match[f'{level}_text_pixel'] == base[f'{level}_text_pixel']
+  for missing in (dict(velocity_head=True), dict(text_pixel_head=True)):
+    with pytest.raises(ValueError, match='velocity_match'):
+      params(velocity_match=True, **missing)
+
+
 def test_text_pixel_to_decoder_widens_the_segmentation_heads_input():
   # One more input channel per level for the boundary and segmentation heads; the confidence
   # head still reads M alone; nothing else changes. It needs the text-to-pixel heads.

@@ -202,13 +202,15 @@ def test_keys_added_later_read_as_what_older_checkpoints_were_trained_with():
   config.model.video_temporal_kernel = 0
   config.model.backbone_stem_pool = True
   config.model.text_pixel_to_decoder = False
+  config.model.video_motion = 'none'
   checkpointing.check_model_config(old, config)
   for key, value, want in (('embedding_position', 'sine', "'none' in the checkpoint vs 'sine'"),
                            ('embedding_heads', 4, '1 in the checkpoint vs 4'),
                            ('text_pixel_head', True, 'False in the checkpoint vs True'),
                            ('video_temporal_kernel', 3, '0 in the checkpoint vs 3'),
                            ('backbone_stem_pool', False, 'True in the checkpoint vs False'),
-                           ('text_pixel_to_decoder', True, 'False in the checkpoint vs True')):
+                           ('text_pixel_to_decoder', True, 'False in the checkpoint vs True'),
+                           ('video_motion', 'rgb_diff', "'none' in the checkpoint vs 'rgb_diff'")):
     changed = make_config()
     changed.model[key] = value
     with pytest.raises(checkpointing.CheckpointMismatchError, match=f'model.{key}: {want}'):

@@ -202,3 +202,54 @@ def test_colour_transform_components():
   luma = np.array([0.299, 0.587, 0.114])
   np.testing.assert_allclose(rotated @ luma, x.numpy() @ luma, atol=1e-4)  # hue keeps luma
   assert not np.allclose(rotated, x.numpy(), atol=1e-3)
+
+
+def _moving_objects(t=5, h=12, w=16):
+  """Object 1: a 2x3 block moving right 2 px a frame; object 3: a still 2x2 block, absent in
+  the last frame; frame 2 invalid (padding) in the second case."""
+  ids = np.zeros((t, h, w), np.uint8)
+  for i in range(t):
+    ids[i, 1:3, 1 + 2 * i:4 + 2 * i] = 1
+    if i < t - 1:
+      ids[i, 8:10, 12:14] = 3
+  return ids
+
+
+def _velocity_by_hand(ids, valid):
+  """Centroids per (frame, id) with numpy; the rule of clip_ops.object_velocity."""
+  t = ids.shape[0]
+  vel = np.zeros((*ids.shape, 2), np.float32)
+  ok = np.zeros(ids.shape, np.float32)
+  for obj in np.unique(ids[ids > 0]):
+    c = [np.argwhere(ids[i] == obj)[:, ::-1].mean(0) if valid[i] and (ids[i] == obj).any()
+         else None for i in range(t)]
+    for i in range(t):
+      p, n = max(i - 1, 0), min(i + 1, t - 1)
+      if c[i] is None or c[p] is None or c[n] is None or n == p:
+        continue
+      on = ids[i] == obj
+      vel[i][on] = (c[n] - c[p]) / (n - p)
+      ok[i][on] = 1
+  return vel, ok
+
+
+@pytest.mark.parametrize('valid', [(1, 1, 1, 1, 1), (1, 1, 0, 1, 1)])
+def test_object_velocity_eager_and_in_tf_data(valid):
+  ids, valid = _moving_objects(), np.asarray(valid, bool)
+  want_v, want_ok = _velocity_by_hand(ids, valid)
+  vel, ok = clip_ops.object_velocity(tf.constant(ids), tf.constant(valid))
+  np.testing.assert_allclose(vel.numpy(), want_v, atol=1e-5)
+  np.testing.assert_array_equal(ok.numpy(), want_ok)
+  if valid.all():  # the numbers themselves: 2 px/frame to the right; the still block at 0,
+    assert np.allclose(vel.numpy()[:, 1, :][ids[:, 1, :] == 1], [2.0, 0.0])  # valid until
+    np.testing.assert_array_equal(ok.numpy()[:, 8, 12], [1, 1, 1, 0, 0])  # it disappears
+  ds = tf.data.Dataset.from_tensors((ids, valid)).map(clip_ops.object_velocity)
+  (v2, ok2), = list(ds.as_numpy_iterator())
+  np.testing.assert_allclose(v2, want_v, atol=1e-5)
+  np.testing.assert_array_equal(ok2, want_ok)
+  # Flipping the clip (as the training pipeline does before computing it) negates x only.
+  vf, okf = clip_ops.object_velocity(tf.constant(ids[:, :, ::-1].copy()), tf.constant(valid))
+  np.testing.assert_allclose(vf.numpy()[..., 0], -want_v[:, :, ::-1, 0], atol=1e-5)
+  np.testing.assert_array_equal(okf.numpy(), want_ok[:, :, ::-1])
+  one, ok1 = clip_ops.object_velocity(tf.constant(ids[:1]), tf.constant(valid[:1]))
+  assert not one.numpy().any() and not ok1.numpy().any()  # one frame: no velocity

@@ -514,3 +514,63 @@ def test_text_pixel_loss_padded_frame_and_twin():
   alone = losses.text_pixel_loss(as_logits(target), jnp.asarray(target), ones)
   hedge = losses.text_pixel_loss(as_logits(target + twin), jnp.asarray(target), ones)
   assert float(alone) < 0.05 < 0.3 < float(hedge)
+
+
+def _velocity_case(seed=0):
+  arrays, batch = _make_case(seed)
+  rng = np.random.default_rng(seed + 20)
+  # The head's map at the embedding's size (7 x 11, not dividing H x W); targets in pixels per
+  # frame on about half the pixels.
+  arrays["velocity"] = rng.standard_normal((B, T, 7, 11, 2)).astype(np.float32)
+  batch["object_velocity"] = 4 * rng.standard_normal((B, T, H, W, 2)).astype(np.float32)
+  batch["velocity_valid"] = (rng.uniform(size=(B, T, H, W)) < 0.5).astype(np.float32)
+  return arrays, batch
+
+
+def test_velocity_loss_parity_and_total():
+  arrays, batch = _velocity_case()
+  jb, tb = _jax_batch(batch), {k: torch.tensor(v) for k, v in batch.items()}
+  w_j, w_t = jb["frame_valid"].astype(jnp.float32), tb["frame_valid"].float()
+  vel = arrays["velocity"]
+  got, grad = jax.value_and_grad(losses.velocity_loss)(
+      jnp.asarray(vel), jb["object_velocity"], jb["velocity_valid"], w_j)
+  leaf = _torch(vel, grad=True)
+  want = ref.velocity_loss(leaf, tb["object_velocity"], tb["velocity_valid"], w_t)
+  want.backward()
+  assert _rel(got, want.item()) <= LOSS_RTOL, (float(got), want.item())
+  err = np.linalg.norm(np.asarray(grad) - leaf.grad.numpy()) / np.linalg.norm(leaf.grad.numpy())
+  assert err <= GRAD_RTOL, f"gradient rel diff {err:.2e}"
+  outputs = _jax_outputs(arrays).replace(velocity=jnp.asarray(vel))
+  paper, _ = losses.total_loss(_jax_outputs(arrays), jb)
+  total, parts = losses.total_loss(outputs, jb, velocity_weight=0.5)
+  assert _rel(parts["velocity"], float(got)) <= LOSS_RTOL
+  assert _rel(total, float(paper) + 0.5 * float(got)) <= LOSS_RTOL
+  t_total, _ = ref.total_loss(*[_torch(arrays[k]) for k in (
+      "mask_logits", "boundary_logits", "object_logits", "confidence")], tb,
+      velocity=_torch(vel), velocity_weight=0.5)
+  assert _rel(total, t_total.item()) <= LOSS_RTOL
+  zero, zero_parts = losses.total_loss(outputs, jb, velocity_weight=0.0)
+  assert float(zero) == float(paper) and float(zero_parts["velocity"]) == 0.0
+  with pytest.raises(KeyError, match="object_velocity"):
+    losses.total_loss(outputs, {k: v for k, v in jb.items() if k != "object_velocity"},
+                      velocity_weight=0.5)
+
+
+def test_velocity_loss_by_hand_and_masked_pixels():
+  """A 2 x 2 map upsampled to 4 x 4 (cells of 2 x 2 pixels): a uniform prediction of (1, 0)
+  cells per frame against targets of (2, 0) pixels per frame is exact; a target of (4, 2)
+  pixels per frame is (2, 1) cells, |1 - 2| + |0 - 1| = 2 off. Invalid pixels and padded frames
+  count for nothing, and the loss is 0 with no valid pixel."""
+  vel = jnp.zeros((1, 2, 2, 2, 2)).at[..., 0].set(1.0)
+  target = np.zeros((1, 2, 4, 4, 2), np.float32)
+  target[..., 0] = 2.0
+  valid = np.ones((1, 2, 4, 4), np.float32)
+  frames = jnp.ones((1, 2))
+  assert float(losses.velocity_loss(vel, target, valid, frames)) == pytest.approx(0.0, abs=1e-6)
+  target[0, 1] = (4.0, 2.0)
+  assert float(losses.velocity_loss(vel, target, valid, frames)) == pytest.approx(1.0)  # mean
+  assert float(losses.velocity_loss(vel, target, valid, jnp.asarray([[1.0, 0.0]]))) == (
+      pytest.approx(0.0, abs=1e-6))
+  valid[0, 1, :2] = 0  # half of frame 1 unknown: 16 exact pixels + 8 pixels 2 off
+  assert float(losses.velocity_loss(vel, target, valid, frames)) == pytest.approx(16 / 24)
+  assert float(losses.velocity_loss(vel, target, 0 * valid, frames)) == 0.0

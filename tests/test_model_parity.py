@@ -49,6 +49,9 @@ def make_inputs(b, t, h, w, n, vocab, lengths, seed=0):
   batch = dict(frames=frames, tokens=tokens, token_mask=token_mask, masks=masks,
                object_masks=np.maximum(masks, other), frame_valid=frame_valid)
   batch['boundary'] = np.asarray(losses.boundary_target(jnp.asarray(masks)))
+  # Velocity targets (pixels per frame) on the objects, for model.velocity_head.
+  batch['object_velocity'] = (3 * rng.standard_normal((b, t, h, w, 2))).astype(np.float32)
+  batch['velocity_valid'] = batch['object_masks'].copy()
   return batch
 
 
@@ -71,7 +74,7 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
   tbatch = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
   tout = tmodel(tframes, tbatch['tokens'].long(), tbatch['token_mask'])
   for name in ('mask_logits', 'boundary_logits', 'object_logits', 'confidence',
-               'text_pixel_logits'):
+               'text_pixel_logits', 'velocity'):
     if tout[name] is None:
       assert getattr(out, name) is None
       continue
@@ -79,16 +82,19 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
 
   # Total loss (Eq. 16, plus the text-to-pixel loss when its heads are on) and its gradients.
   text_pixel_weight = 0.7 if switches.get('text_pixel_head') else 0.0
+  velocity_weight = 0.4 if switches.get('velocity_head') else 0.0
 
   def loss_fn(params):
     o = fmodel.apply({**variables, 'params': params}, *args)
-    return losses.total_loss(o, inputs, text_pixel_weight=text_pixel_weight)[0]
+    return losses.total_loss(o, inputs, text_pixel_weight=text_pixel_weight,
+                             velocity_weight=velocity_weight)[0]
 
   loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
   tloss, _ = ref_losses.total_loss(tout['mask_logits'], tout['boundary_logits'],
                                    tout['object_logits'], tout['confidence'], tbatch,
                                    text_pixel_logits=tout['text_pixel_logits'],
-                                   text_pixel_weight=text_pixel_weight)
+                                   text_pixel_weight=text_pixel_weight,
+                                   velocity=tout['velocity'], velocity_weight=velocity_weight)
   rel = abs(float(loss) - tloss.item()) / abs(tloss.item())
   assert rel <= parity.LOSS_RTOL, f'total loss {float(loss)} vs {tloss.item()}: rel {rel:.1e}'
   print(f'total loss rel diff {rel:.1e}')
@@ -156,6 +162,19 @@ def test_text_pixel_maps_into_the_decoder_small():
   # Gradients included: the mask loss now reaches the text-to-pixel heads through the decoder.
   run_parity(SMALL, small_inputs(), text_pixel_head=True, text_pixel_to_decoder=True,
              backbone_output_stride=8, backbone_stem_pool=False)
+
+
+def test_rgb_difference_stream_small():
+  # Gradients included: the stream adds to P on the video level's path only (motion.py).
+  run_parity(SMALL, small_inputs(), video_motion='rgb_diff', backbone_output_stride=8,
+             backbone_stem_pool=False)
+
+
+def test_velocity_match_small():
+  # Gradients included: the velocity loss reaches the video-level embedding and the stream;
+  # the video text-to-pixel map reads the velocity, and the mask heads read that map.
+  run_parity(SMALL, small_inputs(), video_motion='rgb_diff', velocity_head=True,
+             velocity_match=True, text_pixel_head=True, text_pixel_to_decoder=True)
 
 
 def test_subpixel_masks_small():

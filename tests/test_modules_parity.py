@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from rvos_jax.models import alignment, embeddings, language, position_encoding, segmentation
+from rvos_jax.models import (
+    alignment,
+    embeddings,
+    language,
+    motion,
+    position_encoding,
+    segmentation,
+)
 from tests import parity
 from tests.torch_reference import model as ref
 
@@ -64,6 +71,47 @@ def test_video_level_temporal_conv(kernel):
   parity.assert_outputs_close(out, parity.nhwc(expected), f'temporal conv (k={kernel})')
   with pytest.raises(ValueError, match='video_temporal_kernel'):
     embeddings.VideoLevelEmbedding('none', 1, 2).init(jax.random.key(0), p)
+
+
+@pytest.mark.parametrize('stride', [2, 8])
+def test_rgb_difference_stream(stride):
+  # 13 x 19 frames: odd sizes at every stride-2 step (7x10, 4x5, 2x3), as torch's padding=1.
+  frames = np.random.default_rng(7).normal(size=(B, T, 13, 19, 3)).astype(np.float32)
+  tmod = parity.randomize_(ref.RGBDifferenceStream(D, stride))
+  fmod = motion.RGBDifferenceStream(D, stride)
+  out = fmod.apply(parity.port(tmod, fmod, frames), frames)
+  expected = tmod(parity.nchw(frames)).detach()
+  assert out.shape == (B, T, -(-13 // stride), -(-19 // stride), D)
+  parity.assert_outputs_close(out, parity.nhwc(expected), f'RGB-difference stream /{stride}')
+  with pytest.raises(ValueError, match='power of 2'):
+    motion.RGBDifferenceStream(D, 6).init(jax.random.key(0), frames)
+
+
+def test_frame_differences_and_the_stream_see_the_direction():
+  """x_{t+1} - x_{t-1}, one-sided at the ends, zero for one frame; a square moving right and
+  the same square moving left (the clip reversed in time) give the same frames in reverse
+  order, so a per-frame network cannot tell them apart, the stream can; and it starts at
+  zero (its last convolution is zero-initialised), so the initial network is the paper's."""
+  x = np.random.default_rng(8).normal(size=(1, 4, 2, 3, 3)).astype(np.float32)
+  d = np.asarray(motion.frame_differences(x))
+  np.testing.assert_allclose(d[:, 1:3], x[:, 2:4] - x[:, 0:2], atol=1e-6)
+  np.testing.assert_allclose(d[:, 0], x[:, 1] - x[:, 0], atol=1e-6)
+  np.testing.assert_allclose(d[:, 3], x[:, 3] - x[:, 2], atol=1e-6)
+  assert not np.asarray(motion.frame_differences(x[:, :1])).any()
+  clip = np.zeros((1, 5, 16, 24, 3), np.float32)
+  for t in range(5):
+    clip[0, t, 4:10, 2 + 3 * t:8 + 3 * t] = 1.0
+  back = clip[:, ::-1].copy()
+  module = motion.RGBDifferenceStream(D, 4)
+  variables = module.init(jax.random.key(0), clip)
+  assert not np.asarray(module.apply(variables, clip)).any()
+  tmod = parity.randomize_(ref.RGBDifferenceStream(D, 4))
+  variables = parity.port(tmod, module, clip)
+  fwd, rev = np.asarray(module.apply(variables, clip)), np.asarray(module.apply(variables, back))
+  # Frame 2 is the same image in both clips; its motion features are not the same.
+  assert np.abs(fwd[0, 2] - rev[0, 2]).max() > 0.1 * np.abs(fwd[0, 2]).max()
+  with pytest.raises(ValueError, match='video_motion'):
+    motion.check_motion('flow')
 
 
 def test_temporal_conv_tells_opposite_motions_apart():

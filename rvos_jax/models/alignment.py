@@ -91,11 +91,21 @@ class TextPixelHead(nn.Module):
   """
 
   @nn.compact
-  def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array) -> jax.Array:
+  def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array,
+               velocity: jax.Array | None = None) -> jax.Array:
+    """velocity (B, T, h, w, 2), optional (ours, model.velocity_match): adds
+    <Linear(mean_n S), [v_x, v_y, |v|]> per location, the sentence's expected motion against
+    the velocity the video level reads at each cell (motion.py, "Velocity match")."""
     chex.assert_rank([p, s, word_mask], [5, 3, 2])
     d = p.shape[-1]
-    sentence = nn.Dense(d, name='sentence')(mean_of_words(s, word_mask))
+    words = mean_of_words(s, word_mask)
+    sentence = nn.Dense(d, name='sentence')(words)
     pixels = nn.Dense(d, name='pixels')(p)
     bias = self.param('bias', nn.initializers.zeros, (), p.dtype)
     logits = jnp.einsum('bthwc,bc->bthw', pixels, sentence) / jnp.sqrt(jnp.asarray(d, p.dtype))
+    if velocity is not None:
+      chex.assert_shape(velocity, (*p.shape[:4], 2))
+      speed = jnp.sqrt(jnp.sum(velocity * velocity, -1, keepdims=True) + 1e-6)
+      motion = jnp.concatenate([velocity, speed], -1)
+      logits += jnp.einsum('bthwc,bc->bthw', motion, nn.Dense(3, name='velocity_query')(words))
     return logits + bias

@@ -20,6 +20,7 @@ import ml_collections
 from rvos_jax.models.alignment import SemanticAlignment, SentenceFusion, TextPixelHead
 from rvos_jax.models.embeddings import FrameLevelEmbedding, ObjectEncoder, VideoLevelEmbedding
 from rvos_jax.models.language import LanguageEncoder
+from rvos_jax.models.motion import RGBDifferenceStream, check_motion
 from rvos_jax.models.outputs import ModelOutputs
 from rvos_jax.models.resnet import ResNet, feature_strides
 from rvos_jax.models.segmentation import (
@@ -63,6 +64,13 @@ class MLRLSA(nn.Module):
     video_temporal_kernel: ours, 0 = as printed: an odd k adds a k x 3 x 3 convolution over
       (t, y, x) before the video-level attention (and the 'video' object encoder's), which
       sees directly which way things move (embeddings.VideoLevelEmbedding).
+    video_motion: ours, 'none' = as printed; 'rgb_diff' adds an RGB-difference stream of the
+      frames to P before the video-level embedding (motion.RGBDifferenceStream).
+    velocity_head: ours: a linear map from the video-level embedding to the velocity of the
+      object at each cell, trained by loss.velocity_weight (motion.py, "Velocity").
+    velocity_match: ours: the video level's text-to-pixel map also scores the sentence's
+      expected motion against that velocity (alignment.TextPixelHead; needs velocity_head and
+      text_pixel_head).
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
     alignment_fusion: 'add' (Eq. 11) or 'multiply' (adds S_hat * P; see SemanticAlignment).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
@@ -93,6 +101,9 @@ class MLRLSA(nn.Module):
   embedding_position: str = 'none'
   embedding_heads: int = 1
   video_temporal_kernel: int = 0
+  video_motion: str = 'none'
+  velocity_head: bool = False
+  velocity_match: bool = False
   alignment: str = 'dsa'
   alignment_fusion: str = 'add'
   text_layers: int = 2
@@ -159,14 +170,27 @@ class MLRLSA(nn.Module):
     words = nn.Embed(self.vocab_size, d, name='word_embedding')(tokens)
     levels = []
     text_pixel = []
-    object_logits = None
+    object_logits = velocity = None
+    check_motion(self.video_motion)
+    if self.velocity_head and not self.use_video_level:
+      raise ValueError('model.velocity_head reads the video level: it needs use_video_level')
+    if self.velocity_match and not (self.velocity_head and self.text_pixel_head):
+      raise ValueError('model.velocity_match needs model.velocity_head and model.text_pixel_head')
     if self.use_video_level:
-      p_video = per_expression(VideoLevelEmbedding(
-          position, heads, temporal, name='video_embedding')(p))  # Eq. 1-3
+      p_in = p
+      if self.video_motion == 'rgb_diff':
+        p_in = p + RGBDifferenceStream(d, strides['res5'], name='video_motion')(
+            x.reshape(b, t, height, width, 3))
+        chex.assert_equal_shape([p_in, p])
+      p_clip = VideoLevelEmbedding(position, heads, temporal, name='video_embedding')(p_in)
+      p_video = per_expression(p_clip)  # Eq. 1-3
+      if self.velocity_head:
+        velocity = per_expression(nn.Dense(2, name='video_velocity')(p_clip))
       s_video = self._language('video_language')(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
       if self.text_pixel_head:
-        text_pixel.append(TextPixelHead(name='video_text_pixel')(p_video, s_video, token_mask))
+        text_pixel.append(TextPixelHead(name='video_text_pixel')(
+            p_video, s_video, token_mask, velocity if self.velocity_match else None))
     if self.use_frame_level:
       p_frame = per_expression(FrameLevelEmbedding(
           position, heads, name='frame_embedding')(p))  # Eq. 4
@@ -212,6 +236,7 @@ class MLRLSA(nn.Module):
         object_logits=object_logits,
         confidence=confidence.reshape(bk, t),
         text_pixel_logits=jnp.stack(text_pixel, axis=-1) if text_pixel else None,
+        velocity=velocity,
     )
     chex.assert_shape([outputs.mask_logits, outputs.boundary_logits], (bk, t, height, width))
     return outputs
@@ -241,6 +266,9 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       # Configs saved before these keys existed describe the paper's model.
       embedding_heads=c.get('embedding_heads', 1),
       video_temporal_kernel=c.get('video_temporal_kernel', 0),
+      video_motion=c.get('video_motion', 'none'),
+      velocity_head=c.get('velocity_head', False),
+      velocity_match=c.get('velocity_match', False),
       alignment=c.alignment,
       # Configs saved before this key existed describe the paper's Eq. 11.
       alignment_fusion=c.get('alignment_fusion', 'add'),

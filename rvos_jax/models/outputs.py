@@ -18,6 +18,9 @@ class ModelOutputs:
     confidence:      C, one score logit per frame (Eq. 16); the score is sigmoid(C), (B, T)
     text_pixel_logits: not in the paper: one text-to-pixel logit map per level at the
                      embeddings' size, (B, T, h, w, levels); None unless model.text_pixel_head
+    velocity:        not in the paper: the velocity of the object at each cell read linearly
+                     from the video-level embedding, (x, y) in cells per frame, (B, T, h, w, 2);
+                     None unless model.velocity_head
   """
 
   mask_logits: jax.Array
@@ -25,3 +28,4 @@ class ModelOutputs:
   object_logits: jax.Array | None
   confidence: jax.Array
   text_pixel_logits: jax.Array | None = None
+  velocity: jax.Array | None = None

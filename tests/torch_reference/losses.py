@@ -126,9 +126,22 @@ def text_pixel_loss(logits, targets, weights):  # logits (B, T, h, w, L)
   return total / levels
 
 
+def velocity_loss(velocity, target, valid, weights):  # velocity (B, T, h, w, 2)
+  b, t, h, w, _ = velocity.shape
+  height, width = target.shape[2:4]
+  up = F.interpolate(velocity.permute(0, 1, 4, 2, 3).reshape(b * t, 2, h, w),
+                     size=(height, width), mode="bilinear", align_corners=False)
+  up = up.reshape(b, t, 2, height, width).permute(0, 1, 3, 4, 2)
+  cell = torch.tensor([width / w, height / h])
+  err = (up - target / cell).abs().sum(-1)
+  m = valid * weights[:, :, None, None]
+  return (err * m).sum() / m.sum().clamp(min=1.0)
+
+
 def total_loss(mask_logits, boundary_logits, object_logits, confidence, batch, *,
                alpha=0.2, beta=0.1, focal_alpha=0.25, focal_gamma=2.0,
-               text_pixel_logits=None, text_pixel_weight=0.0):
+               text_pixel_logits=None, text_pixel_weight=0.0, velocity=None,
+               velocity_weight=0.0):
   """Eq. 16 with the erratum pairing of Eq. 14 (mask loss on E, boundary loss on B)."""
   weights = batch["frame_valid"].float()
   dice = dice_loss(mask_logits, batch["masks"], weights)
@@ -144,6 +157,11 @@ def total_loss(mask_logits, boundary_logits, object_logits, confidence, batch, *
   if text_pixel_logits is not None and text_pixel_weight:
     text_pixel = text_pixel_loss(text_pixel_logits, batch["masks"], weights)
     total = total + text_pixel_weight * text_pixel
+  vel = torch.zeros(())
+  if velocity is not None and velocity_weight:
+    vel = velocity_loss(velocity, batch["object_velocity"], batch["velocity_valid"], weights)
+    total = total + velocity_weight * vel
   parts = {"object": obj, "mask": dice + focal, "dice": dice, "focal": focal,
-           "boundary": bdry, "confidence": conf, "text_pixel": text_pixel, "total": total}
+           "boundary": bdry, "confidence": conf, "text_pixel": text_pixel, "velocity": vel,
+           "total": total}
   return total, parts

@@ -209,16 +209,24 @@ class SentenceFusion(nn.Module):
 
 
 class TextPixelHead(nn.Module):  # CRIS's text-to-pixel logits (not in the paper)
-  def __init__(self, d):
+  def __init__(self, d, velocity_match=False):
     super().__init__()
     self.sentence, self.pixels = nn.Linear(d, d), nn.Linear(d, d)
+    if velocity_match:
+      self.velocity_query = nn.Linear(d, 3)
     self.bias = nn.Parameter(torch.zeros(()))
 
-  def forward(self, p, s, mask):  # p (B, T, d, h, w) -> (B, T, h, w)
+  def forward(self, p, s, mask, velocity=None):  # p (B, T, d, h, w) -> (B, T, h, w)
     m = mask.float()[..., None]
-    sent = self.sentence((s * m).sum(1) / m.sum(1).clamp(min=1.0))
+    words = (s * m).sum(1) / m.sum(1).clamp(min=1.0)
+    sent = self.sentence(words)
     pix = self.pixels(p.permute(0, 1, 3, 4, 2))
-    return torch.einsum('bthwc,bc->bthw', pix, sent) / math.sqrt(p.shape[2]) + self.bias
+    out = torch.einsum('bthwc,bc->bthw', pix, sent) / math.sqrt(p.shape[2]) + self.bias
+    if velocity is not None:  # (B, T, h, w, 2)
+      speed = (velocity.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
+      out = out + torch.einsum('bthwc,bc->bthw', torch.cat([velocity, speed], -1),
+                               self.velocity_query(words))
+    return out
 
 
 # ---------------------------------------------------------------- segmentation (§3.3)
@@ -279,6 +287,29 @@ class ConfidenceHead(nn.Module):
     return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))[:, 0]
 
 
+# ---------------------------------------------------------------- motion (ours)
+class RGBDifferenceStream(nn.Module):
+  """[x_t, x_{t+1} - x_{t-1}] -> log2(stride) 3x3 stride-2 convs + ReLU -> 3x3 conv to d."""
+
+  def __init__(self, d, stride, width=16):
+    super().__init__()
+    self.n = int(round(math.log2(stride)))
+    chans = [min(width * 2**i, d) for i in range(self.n)]
+    for i, (a, c) in enumerate(zip([6] + chans[:-1], chans, strict=True)):
+      setattr(self, f'conv{i}', nn.Conv2d(a, c, 3, stride=2, padding=1))
+    self.out = nn.Conv2d(chans[-1], d, 3, padding=1)
+
+  def forward(self, x):  # (B, T, 3, H, W) -> (B, T, d, h, w)
+    b, t = x.shape[:2]
+    nxt = torch.cat([x[:, 1:], x[:, -1:]], 1)
+    prv = torch.cat([x[:, :1], x[:, :-1]], 1)
+    y = torch.cat([x, nxt - prv], 2).flatten(0, 1)
+    for i in range(self.n):
+      y = F.relu(getattr(self, f'conv{i}')(y))
+    y = self.out(y)
+    return y.reshape(b, t, *y.shape[1:])
+
+
 # ---------------------------------------------------------------- the network
 class MLRLSA(nn.Module):
   MEAN = (0.485, 0.456, 0.406)
@@ -291,7 +322,8 @@ class MLRLSA(nn.Module):
                text_layers=2, text_heads=8, text_ffn_dim=1536, embedding_heads=1,
                text_pixel_head=False, video_temporal_kernel=0, backbone_stem_pool=True,
                text_pixel_to_decoder=False, decoder_finest_stride=4,
-               mask_upsample='bilinear'):
+               mask_upsample='bilinear', video_motion='none', velocity_head=False,
+               velocity_match=False):
     super().__init__()
     d, c = hidden_dim, decoder_dim
     self.levels = [lvl for lvl, on in (('video', use_video_level), ('frame', use_frame_level),
@@ -319,6 +351,10 @@ class MLRLSA(nn.Module):
     if 'video' in self.levels:
       self.video_embedding = VideoLevelEmbedding(d, embedding_position, embedding_heads,
                                                  video_temporal_kernel)
+      if video_motion == 'rgb_diff':
+        self.video_motion = RGBDifferenceStream(d, stride_of['res5'])
+      if velocity_head:
+        self.video_velocity = nn.Linear(d, 2)
       self.video_language, self.video_alignment = lang(), align('3d')
     if 'frame' in self.levels:
       self.frame_embedding = FrameLevelEmbedding(d, embedding_position, embedding_heads)
@@ -331,7 +367,8 @@ class MLRLSA(nn.Module):
     self.text_pixel_head = text_pixel_head
     if text_pixel_head:
       for level in self.levels:
-        setattr(self, f'{level}_text_pixel', TextPixelHead(d))
+        setattr(self, f'{level}_text_pixel',
+                TextPixelHead(d, velocity_match and level == 'video'))
     k = len(self.levels) * d
     self.text_pixel_to_decoder = text_pixel_to_decoder
     extra = len(self.levels) if text_pixel_to_decoder else 0
@@ -346,14 +383,20 @@ class MLRLSA(nn.Module):
     b, t, _, height, width = frames.shape
     mean = torch.tensor(self.MEAN)[:, None, None]
     std = torch.tensor(self.STD)[:, None, None]
-    feats = self.backbone((frames.flatten(0, 1) - mean) / std)
+    x = (frames.flatten(0, 1) - mean) / std
+    feats = self.backbone(x)
     p = self.reduce(feats['res5'])
     p = p.reshape(b, t, *p.shape[1:])
     words = self.word_embedding(tokens)
-    ms, out = [], {'object_logits': None}
+    ms, out = [], {'object_logits': None, 'velocity': None}
     ps, ss = {}, {}
     if 'video' in self.levels:
-      ps['video'], ss['video'] = self.video_embedding(p), self.video_language(words, token_mask)
+      p_in = p
+      if hasattr(self, 'video_motion'):
+        p_in = p + self.video_motion(x.reshape(b, t, *x.shape[1:]))
+      ps['video'], ss['video'] = self.video_embedding(p_in), self.video_language(words, token_mask)
+      if hasattr(self, 'video_velocity'):  # (B, T, d, h, w) -> (B, T, h, w, 2)
+        out['velocity'] = self.video_velocity(ps['video'].permute(0, 1, 3, 4, 2))
       ms.append(self.video_alignment(ps['video'], ss['video'], token_mask))
     if 'frame' in self.levels:
       ps['frame'], ss['frame'] = self.frame_embedding(p), self.frame_language(words, token_mask)
@@ -368,8 +411,11 @@ class MLRLSA(nn.Module):
     out['text_pixel_logits'] = None
     if self.text_pixel_head:
       out['text_pixel_logits'] = torch.stack(
-          [getattr(self, f'{lvl}_text_pixel')(ps[lvl], ss[lvl], token_mask) for lvl in self.levels],
-          -1)
+          [getattr(self, f'{lvl}_text_pixel')(
+              ps[lvl], ss[lvl], token_mask,
+              out['velocity'] if lvl == 'video' and hasattr(self.video_text_pixel,
+                                                            'velocity_query') else None)
+           for lvl in self.levels], -1)
     m = torch.cat(ms, 2).flatten(0, 1)
     seg_in = m
     if self.text_pixel_to_decoder:
