@@ -17,6 +17,10 @@ into which way the object at each cell moves. The frame and object levels do not
 "w/o video level" in Table 3 still removes every motion cue but the object encoder's.
 
 The last convolution starts at zero: at initialisation the network is the paper's.
+Limitation: the model does not see which frames are padding (a clip shorter than T is padded
+with blank frames, which the losses ignore), so the last real frame of a padded clip reads a
+difference against a blank frame. refer_shapes' clips are never padded; an evaluation window
+at the end of a longer video can be.
 
 Velocity. The stream alone did not give the video-level embedding a direction: trained only by
 the referring losses, 1000 steps on refer_shapes left the direction of motion as undecodable
