@@ -469,18 +469,25 @@ def _text_pixel_case(seed=0):
   return arrays, batch
 
 
+def _assert_loss_and_gradient_match(jax_loss, torch_loss, x, jax_args, torch_args):
+  """jax_loss(x, *jax_args) against torch_loss(x, *torch_args): value and gradient in x."""
+  got, grad = jax.value_and_grad(jax_loss)(jnp.asarray(x), *jax_args)
+  leaf = _torch(x, grad=True)
+  want = torch_loss(leaf, *torch_args)
+  want.backward()
+  assert _rel(got, want.item()) <= LOSS_RTOL, (float(got), want.item())
+  err = np.linalg.norm(np.asarray(grad) - leaf.grad.numpy()) / np.linalg.norm(leaf.grad.numpy())
+  assert err <= GRAD_RTOL, f"gradient rel diff {err:.2e}"
+  return got
+
+
 def test_text_pixel_loss_parity():
   arrays, batch = _text_pixel_case()
   jb, tb = _jax_batch(batch), {k: torch.tensor(v) for k, v in batch.items()}
   w_j, w_t = jb["frame_valid"].astype(jnp.float32), tb["frame_valid"].float()
   logits = arrays["text_pixel_logits"]
-  got, grad = jax.value_and_grad(losses.text_pixel_loss)(jnp.asarray(logits), jb["masks"], w_j)
-  leaf = _torch(logits, grad=True)
-  want = ref.text_pixel_loss(leaf, tb["masks"], w_t)
-  want.backward()
-  assert _rel(got, want.item()) <= LOSS_RTOL, (float(got), want.item())
-  err = np.linalg.norm(np.asarray(grad) - leaf.grad.numpy()) / np.linalg.norm(leaf.grad.numpy())
-  assert err <= GRAD_RTOL, f"gradient rel diff {err:.2e}"
+  got = _assert_loss_and_gradient_match(losses.text_pixel_loss, ref.text_pixel_loss, logits,
+                                        (jb["masks"], w_j), (tb["masks"], w_t))
   # In total_loss, with a weight: the same term, scaled, on top of Eq. 16.
   outputs = _jax_outputs(arrays).replace(text_pixel_logits=jnp.asarray(logits))
   paper, paper_parts = losses.total_loss(_jax_outputs(arrays), jb)
@@ -532,14 +539,10 @@ def test_velocity_loss_parity_and_total():
   jb, tb = _jax_batch(batch), {k: torch.tensor(v) for k, v in batch.items()}
   w_j, w_t = jb["frame_valid"].astype(jnp.float32), tb["frame_valid"].float()
   vel = arrays["velocity"]
-  got, grad = jax.value_and_grad(losses.velocity_loss)(
-      jnp.asarray(vel), jb["object_velocity"], jb["velocity_valid"], w_j)
-  leaf = _torch(vel, grad=True)
-  want = ref.velocity_loss(leaf, tb["object_velocity"], tb["velocity_valid"], w_t)
-  want.backward()
-  assert _rel(got, want.item()) <= LOSS_RTOL, (float(got), want.item())
-  err = np.linalg.norm(np.asarray(grad) - leaf.grad.numpy()) / np.linalg.norm(leaf.grad.numpy())
-  assert err <= GRAD_RTOL, f"gradient rel diff {err:.2e}"
+  got = _assert_loss_and_gradient_match(
+      losses.velocity_loss, ref.velocity_loss, vel,
+      (jb["object_velocity"], jb["velocity_valid"], w_j),
+      (tb["object_velocity"], tb["velocity_valid"], w_t))
   outputs = _jax_outputs(arrays).replace(velocity=jnp.asarray(vel))
   paper, _ = losses.total_loss(_jax_outputs(arrays), jb)
   total, parts = losses.total_loss(outputs, jb, velocity_weight=0.5)
