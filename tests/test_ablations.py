@@ -253,6 +253,14 @@ def test_refer_shapes_long_differs_from_the_default_only_in_steps():
   assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2000
   with pytest.raises(ValueError, match="'longer'"):
     refer_shapes.get_config('longer')
+  # `motion` is `long` plus the velocity terms, all four of them (the loss needs the data).
+  motion = refer_shapes.get_config('motion').to_dict()
+  added = {('model', 'velocity_head'): True, ('model', 'velocity_match'): True,
+           ('loss', 'velocity_weight'): 0.5, ('data', 'object_velocity'): True}
+  for (section, key), value in added.items():
+    assert motion[section].pop(key) == value and long[section].pop(key) != value
+  motion['train'].pop('num_steps')
+  assert motion == long
 
 
 def test_mask_upsample_subpixel_widens_only_the_last_convs():
