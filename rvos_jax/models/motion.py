@@ -33,6 +33,15 @@ directly: the target is the velocity of each object's centroid in the instance m
 (Refer-YouTube-VOS and DAVIS annotate every object, not only the referred one), the way video
 models learn motion from optical flow. Linear, so that the text-to-pixel head, a bilinear form
 of sentence and embedding, can read "moving to the left" off it.
+
+Velocity match. With the direction in the embedding (0.82), the words still did not bind to it
+in 1000 steps (the video text-to-pixel map ranked the target above its twin on 52% of the
+motion expressions): a bilinear form has to grow a sentence direction and a pixel direction
+from small weights at once. `model.velocity_match` adds to the video level's text-to-pixel
+logit a 3-number query from the sentence against [v_x, v_y, |v|] at each cell
+(alignment.TextPixelHead). With it, `configs/refer_shapes.py:motion` (2000 steps) ranks the
+target first on 93% of the training motion expressions and reaches motion J 0.627 on valid
+(README, "Motion with the direction in the embedding").
 """
 
 from __future__ import annotations
