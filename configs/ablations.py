@@ -5,8 +5,10 @@
 
 The argument is '<base>,<variant>' with base 'default' (the paper's setting), 'refer_shapes'
 (the embedded default), 'refer_shapes_long' (twice its steps: the budget at which the words
-start to steer the masks, README "Results on refer_shapes") or 'refer_shapes_smoke' (its
-seconds-long smoke version, for tests of benchmarks/ablations.py), and variant one of VARIANTS.
+start to steer the masks, README "Results on refer_shapes"), 'refer_shapes_motion' (`long` with
+the direction supervised and matched: the budget at which motion is learned) or
+'refer_shapes_smoke' (its seconds-long smoke version, for tests of benchmarks/ablations.py), and
+variant one of VARIANTS.
 """
 
 import ml_collections
@@ -17,6 +19,7 @@ BASES = {
     'default': default.get_config,
     'refer_shapes': refer_shapes.get_config,
     'refer_shapes_long': refer_shapes.get_long_config,
+    'refer_shapes_motion': refer_shapes.get_motion_config,
     'refer_shapes_smoke': refer_shapes.get_smoke_config,
 }
 
@@ -25,6 +28,10 @@ VARIANTS = {
     # The velocity head and its match read the video level: off with it (no-ops where off).
     'no_video_level': {'model.use_video_level': False, 'model.velocity_head': False,
                        'model.velocity_match': False},
+    # Not in the paper: no level sees more than one frame (the object level's encoder is the
+    # frame encoder), the control for motion expressions, which one frame cannot answer.
+    'frame_only': {'model.use_video_level': False, 'model.object_encoder': 'frame',
+                   'model.velocity_head': False, 'model.velocity_match': False},
     'no_frame_level': {'model.use_frame_level': False},
     'no_object_level': {'model.use_object_level': False},
     'object_encoder_fcn': {'model.object_encoder': 'fcn'},

@@ -221,6 +221,31 @@ def test_text_pixel_head_switch_adds_one_head_per_level():
       'video_text_pixel', 'object_text_pixel'}
 
 
+def test_frame_only_has_nothing_that_sees_two_frames():
+  # The motion control: without the video level and with the frame object encoder, frame 0's
+  # outputs do not depend on frame 1; in the full model (RGB-difference stream on) they do.
+  from configs import ablations  # noqa: PLC0415
+
+  overrides = {k.split('.')[1]: v for k, v in ablations.VARIANTS['frame_only'].items()}
+  frames = jax.random.uniform(jax.random.key(1), INPUTS[0].shape)
+  moved = frames.at[:, 1].set(jax.random.uniform(jax.random.key(2), frames[:, 1].shape))
+  tokens = jnp.array([[3, 5, 7, 0, 0]]), jnp.array([[1, 1, 1, 0, 0]], bool)
+
+  def frame0_change(**switches):
+    model = mlrl_sa.MLRLSA(**{**CFG, **switches})
+    variables = jax.jit(model.init)(jax.random.key(0), frames, *tokens)
+    out = jax.jit(lambda x: model.apply(variables, x, *tokens, train=False))
+    a, b = out(frames), out(moved)
+    return max(float(jnp.abs(x[:, 0] - y[:, 0]).max()) for x, y in zip(
+        (a.mask_logits, a.boundary_logits, a.confidence),
+        (b.mask_logits, b.boundary_logits, b.confidence), strict=True))
+
+  p = params(video_motion='rgb_diff', **overrides)
+  assert not [name for name in p if name.startswith('video')]
+  assert frame0_change(video_motion='rgb_diff', **overrides) == 0.0
+  assert frame0_change(video_motion='rgb_diff') > 1e-4
+
+
 def test_backbone_switches():
   p50 = params(backbone_depth=50, backbone_width=1.0)
   assert p50['reduce']['kernel'].shape == (1, 1, 2048, D)
@@ -251,6 +276,12 @@ def test_refer_shapes_long_differs_from_the_default_only_in_steps():
   assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 2000
   assert long == base
   assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2000
+  # The motion budget's controls: the velocity terms read the video level and go with it.
+  for variant in ('no_video_level', 'frame_only'):
+    control = ablations.get_config(f'refer_shapes_motion,{variant}')
+    assert control.train.num_steps == 2000 and not control.model.use_video_level
+    assert not control.model.velocity_head and not control.model.velocity_match
+  assert ablations.get_config('refer_shapes_motion,frame_only').model.object_encoder == 'frame'
   with pytest.raises(ValueError, match="'longer'"):
     refer_shapes.get_config('longer')
   # `motion` is `long` plus the velocity terms, all four of them (the loss needs the data).
