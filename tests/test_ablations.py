@@ -233,8 +233,8 @@ def test_frame_only_has_nothing_that_sees_two_frames():
 
   def frame0_change(**switches):
     model = mlrl_sa.MLRLSA(**{**CFG, **switches})
-    variables = jax.jit(model.init)(jax.random.key(0), frames, *tokens)
-    out = jax.jit(lambda x: model.apply(variables, x, *tokens, train=False))
+    variables = model.init(jax.random.key(0), frames, *tokens)
+    out = lambda x: model.apply(variables, x, *tokens, train=False)
     a, b = out(frames), out(moved)
     return max(float(jnp.abs(x[:, 0] - y[:, 0]).max()) for x, y in zip(
         (a.mask_logits, a.boundary_logits, a.confidence),
