@@ -56,6 +56,9 @@ class _LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SPLITS = ('train', 'valid')
 
   def __init__(self, *, skip_bad_samples: bool = False, verify_jpeg: bool = True, **kwargs):
+    """skip_bad_samples, verify_jpeg: as config.data (data_pipelines/config.py). With
+    verify_jpeg=False a frame that is damaged but keeps its header and end-of-image marker is
+    written as is, and a decode failure then names no file (it happens inside tf.data)."""
     self._skip_bad_samples = skip_bad_samples
     self._verify_jpeg = verify_jpeg
     super().__init__(**kwargs)

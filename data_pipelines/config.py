@@ -35,6 +35,7 @@ def get_data_config() -> ml_collections.ConfigDict:
   # What to do with expressions longer than max_words: 'truncate' (keep the first N words and
   # log how many were cut) or 'error' (raise naming the video and exp_id; with
   # skip_bad_samples=True those expressions are dropped instead, with a warning and a count).
+  # Training and evaluation / prediction alike (a dropped expression gets no prediction).
   c.long_expressions = 'truncate'
 
   # Training frame sampling: T frames `frame_stride` apart starting at a random frame, each
@@ -91,7 +92,12 @@ def get_data_config() -> ml_collections.ConfigDict:
   # video or expression, log a warning with the count, and keep the rest.
   c.skip_bad_samples = False
   # Fully decode every JPEG when building the records (catches truncated / corrupt files at
-  # build time instead of mid-training; costs one decode per frame, once).
+  # build time instead of mid-training; costs one decode per frame, once). False parses only
+  # each header and looks for the end-of-image marker, decoding just the frames that lack it:
+  # truncated files are still caught by name, but damage that breaks decoding with header and
+  # marker intact then fails mid-training, in tf.data, with a TensorFlow error that names no
+  # file ("jpeg::Uncompress failed"). Damage that decodes (libjpeg fills it in and warns) is
+  # not an error under either setting.
   c.verify_jpeg = True
 
   # Vocabulary file (one token per line). '' = <workdir>/vocab.txt, written by the trainer

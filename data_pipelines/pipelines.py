@@ -125,6 +125,15 @@ def _expression_repeats(config, builder, split: str) -> dict[str, int]:
   return repeats
 
 
+def _repeat_table(repeats: dict[str, int]) -> tf.lookup.StaticHashTable | None:
+  """'video/exp_id' -> repeats (default 1), or None when every expression enters once."""
+  if not repeats:
+    return None
+  keys = sorted(repeats)
+  return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+      tf.constant(keys), tf.constant([repeats[x] for x in keys], tf.int64)), default_value=1)
+
+
 def _expand_expressions(record, repeats: tf.lookup.StaticHashTable | None):
   """Video record -> one element per (video, expression), each `repeats` times (default 1;
   0 drops it)."""
@@ -252,11 +261,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
   k = int(config.get('expressions_per_clip', 1))
   if k > 1 and any(n > 1 for n in repeats.values()):
     raise ValueError(f'config.data.kind_repeats needs expressions_per_clip=1, got {k}')
-  repeat_table = None
-  if repeats:
-    keys = sorted(repeats)
-    repeat_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(keys), tf.constant([repeats[x] for x in keys], tf.int64)), default_value=1)
+  repeat_table = _repeat_table(repeats)
   table = vocab.lookup_table()
   swap = clip_ops.word_swap_table(config.flip_word_pairs)
 
@@ -326,13 +331,18 @@ def make_eval_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabul
   """Every frame of every (video, expression) of this host's videos, once, in windows of T
   frames (config.eval_frame_stride apart, clip_ops.eval_windows; a short last window padded,
   frame_valid False), no augmentation, in a fixed order. The last
-  batch is completed with filler examples (example_valid False) so shapes never change."""
+  batch is completed with filler examples (example_valid False) so shapes never change.
+
+  Expressions longer than max_words follow config.long_expressions as in training: 'truncate'
+  keeps the first max_words words; 'error' raises naming the video and exp_id, or with
+  skip_bad_samples leaves them out (a warning with the count), so they get no prediction."""
   _check_config(config)
   split = split or config.eval_split
   T, B = config.num_frames, config.eval_batch_size
   table = vocab.lookup_table()
+  excluded = _repeat_table(dict.fromkeys(_excluded_expressions(config, builder, split), 0))
   ds = read_records(builder, split, process_index=process_index, process_count=process_count)
-  ds = ds.flat_map(lambda r: _expand_expressions(r, None))
+  ds = ds.flat_map(lambda r: _expand_expressions(r, excluded))
 
   stride = int(config.get('eval_frame_stride', 1))
   if stride < 1:

@@ -11,6 +11,10 @@ The real valid split has no Annotations and no obj_id (its ground truth is on th
 then masks are empty and obj_id is 0. Refer-DAVIS17 (converted by data_pipelines.davis17) and
 the synthetic refer_shapes dataset use the same layout, with Annotations for both splits.
 
+meta.json is never read by data_pipelines (deliberately): frames, masks and
+meta_expressions.json hold all that training and evaluation need; meta.json adds per-object
+frame lists and categories, which only the analysis in rvos_jax.distractors reads.
+
 Everything that can be wrong with a sample is checked here, once, when TFDS builds the records,
 so that training never dies half-way through an epoch: structural errors in
 meta_expressions.json always raise (naming the key); bad videos / expressions raise
@@ -131,15 +135,25 @@ def encode_mask(ids: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
+# A JPEG ends with the end-of-image marker; encoders may pad a little after it. FF D9 cannot
+# occur inside entropy-coded data (an FF there is always followed by 00 or a restart marker).
+_EOI, _EOI_TAIL = b'\xff\xd9', 1024
+
+
 def _check_jpeg(data: bytes, where: str, verify: bool) -> tuple[int, int]:
   """Returns (height, width); with verify, decodes the entropy-coded data (at 1/8 DCT scale:
-  every coefficient is still read, so truncation and corruption are caught, 8x cheaper)."""
+  every coefficient is still read, so truncation and corruption are caught, 8x cheaper).
+
+  Without verify only the header is parsed, plus a look for the end-of-image marker near the
+  end: a file without one (truncated, the usual damage, on which tf.io.decode_jpeg fails with
+  an error that names no file) is then decoded all the same, so it is caught here by name.
+  """
   try:
     im = Image.open(io.BytesIO(data))
     if im.format != 'JPEG':
       raise OSError(f'not a JPEG file (format {im.format})')
     w, h = im.size
-    if verify:
+    if verify or data.rfind(_EOI, max(0, len(data) - _EOI_TAIL)) < 0:
       im.draft('RGB', (max(1, w // 8), max(1, h // 8)))
       im.load()
   except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad files

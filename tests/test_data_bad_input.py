@@ -195,3 +195,82 @@ def test_kind_repeats_without_or_with_a_broken_kinds_file(short_long):
   finally:
     with open(path, 'w') as f:
       f.write(saved)
+
+
+@pytest.mark.parametrize('verify_jpeg', [True, False])
+def test_truncated_jpeg_through_the_tfds_builder(layout, verify_jpeg):
+  """Named by the build, video and frame file, with or without verify_jpeg: without it, a
+  frame lacking the end-of-image marker is decoded all the same (tf.io.decode_jpeg would fail
+  on it mid-training with "jpeg::Uncompress failed", naming no file)."""
+  path = os.path.join(layout, 'train', 'JPEGImages', 'train_00001', '00010.jpg')
+  data = open(path, 'rb').read()
+  open(path, 'wb').write(data[:len(data) // 2])
+  with pytest.raises(BadSampleError, match=r"video 'train_00001' frame '00010' \(.*"
+                                           + re.escape(path) + r"\): corrupt or unreadable"):
+    builders.prepare(tiny_config(layout, verify_jpeg=verify_jpeg))
+
+
+def test_verify_jpeg_off_keeps_valid_frames_with_trailing_bytes(layout):
+  """The end-of-image look only sends frames to a full decode; a valid JPEG padded past the
+  part searched (which some encoders do) still builds and reads."""
+  path = os.path.join(layout, 'train', 'JPEGImages', 'train_00000', '00005.jpg')
+  data = open(path, 'rb').read()
+  open(path, 'wb').write(data + b'\0' * 3000)
+  got = _read(layout, verify_jpeg=False)
+  assert sorted(got) == ['train_00000', 'train_00001']
+  assert got['train_00000']['frames'][1] == data + b'\0' * 3000
+
+
+def test_skip_bad_samples_end_to_end(tmp_path, caplog):
+  """skip_bad_samples=True: builders.prepare -> records -> make_train_dataset drops a video
+  with a missing mask and an expression with an unknown obj_id, warns with the counts, and
+  keeps every other (video, expression)."""
+  root = make_layout(tmp_path / 'rs', num_train_videos=4)
+  os.remove(os.path.join(root, 'train', 'Annotations', 'train_00001', '00005.png'))
+  _edit_meta(root, lambda m: m['videos']['train_00002']['expressions']['0'].update(obj_id='9'))
+  meta = json.load(open(_meta_path(root)))['videos']
+  want = {(v, e) for v in meta for e in meta[v]['expressions']
+          if v != 'train_00001' and (v, e) != ('train_00002', '0')}
+  assert len(want) == sum(len(meta[v]['expressions']) for v in meta) - len(
+      meta['train_00001']['expressions']) - 1
+
+  config = tiny_config(root, height=32, width=40, batch_size=1, flip_prob=0.0,
+                       skip_bad_samples=True)
+  with pytest.raises(BadSampleError, match=r"video 'train_00001': missing mask file"):
+    builders.prepare(tiny_config(root, tfds_data_dir=str(tmp_path / 'strict')))
+  with caplog.at_level(logging.WARNING):
+    builder = builders.prepare(config)
+  assert 'skipped 1 bad videos and 1 bad expressions of 4 videos' in caplog.text, caplog.text
+  assert builder.info.splits['train'].num_examples == 3
+  assert sorted(builders.expressions_of(builder, 'train')) == [
+      'train_00000', 'train_00002', 'train_00003']
+  ds = pipelines.make_train_dataset(config, builder, pipelines.build_vocabulary(builder),
+                                    repeat=False, process_index=0, process_count=1)
+  got = [(b['video'][0].decode(), b['exp_id'][0].decode()) for b in pipelines.as_numpy(ds)]
+  assert len(got) == len(want) and set(got) == want
+
+
+def _eval_keys(root, builder, vocab, **kw):
+  config = tiny_config(root, height=32, width=40, eval_batch_size=2, **kw)
+  ds = pipelines.make_eval_dataset(config, builder, vocab, split='train', process_index=0,
+                                   process_count=1)
+  return {(b['video'][i].decode(), b['exp_id'][i].decode()): b['token_mask'][i]
+          for b in pipelines.as_numpy(ds) for i in np.flatnonzero(b['example_valid'])}
+
+
+def test_long_expression_in_evaluation(short_long, caplog):
+  """make_eval_dataset follows config.long_expressions as training does: 'truncate' (the
+  default) keeps the first N words, 'error' raises naming the video and exp_id, and with
+  skip_bad_samples leaves the expression out with a warning and a count."""
+  root, builder, vocab = short_long
+  assert tiny_config(root).long_expressions == 'truncate'
+  truncated = _eval_keys(root, builder, vocab)
+  meta = json.load(open(_meta_path(root)))['videos']
+  assert set(truncated) == {(v, e) for v in meta for e in meta[v]['expressions']}
+  assert truncated[('train_00000', '0')].sum() == 20
+  with pytest.raises(ValueError, match=r"video 'train_00000' expression '0' \(25 words\)"):
+    _eval_keys(root, builder, vocab, long_expressions='error')
+  with caplog.at_level(logging.WARNING):
+    skipped = _eval_keys(root, builder, vocab, long_expressions='error', skip_bad_samples=True)
+  assert re.search(r'skipping 1 of \d+ expressions longer than max_words=20', caplog.text)
+  assert set(skipped) == set(truncated) - {('train_00000', '0')}

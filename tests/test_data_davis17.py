@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import davis17, ytvos_layout
+from data_pipelines import builders, davis17, pipelines, ytvos_layout
+from tests.data_fixtures import tiny_config
 
 
 def _fake_davis(tmp_path):
@@ -77,3 +78,36 @@ def test_bad_text_line_names_file_and_line(tmp_path):
     f.write('bear "no object id"\n')
   with pytest.raises(ValueError, match=r'Davis17_annot2.txt:2'):
     davis17.convert(davis, text, str(tmp_path / 'out'))
+
+
+def test_converted_layout_through_the_builder_and_eval(tmp_path):
+  """The converted layout builds with the ReferDavis17 TFDS builder, and one evaluation window
+  per expression (3 frames, T=4) carries the right object's masks at the source size."""
+  davis, text = _fake_davis(tmp_path)
+  out = str(tmp_path / 'refer_davis17')
+  davis17.convert(davis, text, out)
+  config = tiny_config(out, name='refer_davis17', height=24, width=32, eval_batch_size=2)
+  builder = builders.prepare(config)
+  assert isinstance(builder, builders.ReferDavis17)
+  assert builders.expressions_of(builder, 'valid') == {'dogs-jump': {
+      '0': 'a black dog', '3': 'dog running', '4': 'a white dog',
+      '5': 'a white dog jumping to the left'}}
+  vocab = pipelines.build_vocabulary(builder)
+  ds = pipelines.make_eval_dataset(config, builder, vocab, process_index=0, process_count=1)
+  ids = np.zeros((24, 32), np.uint8)  # as _fake_davis draws them
+  ids[2:8, 2:8], ids[10:20, 12:30] = 1, 2
+  seen = []
+  for b in pipelines.as_numpy(ds):
+    for i in np.flatnonzero(b['example_valid']):
+      exp_id = b['exp_id'][i].decode()
+      obj = davis17.annotation_of(exp_id)['obj_id']
+      assert b['video'][i] == b'dogs-jump' and b['obj_id'][i] == obj
+      assert b['frame_index'][i].tolist() == [0, 1, 2, -1]
+      assert [n.decode() for n in b['frame_name'][i][:3]] == ['00000', '00001', '00002']
+      assert b['orig_size'][i].tolist() == [24, 32]
+      for t in range(3):
+        np.testing.assert_array_equal(b['masks'][i][t], ids == obj)
+        np.testing.assert_array_equal(b['object_masks'][i][t], ids > 0)
+      assert not b['masks'][i][3].any() and not b['frames'][i][3].any()
+      seen.append(exp_id)
+  assert sorted(seen) == ['0', '3', '4', '5']

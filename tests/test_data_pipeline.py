@@ -3,14 +3,15 @@
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import pipelines
+from data_pipelines import builders, pipelines, ytvos_layout
 from data_pipelines.vocabulary import tokenize
-from tests.data_fixtures import TINY, tiny_config
+from tests.data_fixtures import TINY, copy_layout, tiny_config
 
 pytest_plugins = ('tests.data_fixtures',)  # fixtures without a conftest.py
 
@@ -256,3 +257,116 @@ def test_eval_windows_cover_every_frame(tiny_root, tiny_builder, tiny_vocab, str
   windows = len(want) * len(seen)
   assert sum(int(b['example_valid'].sum()) for b in batches) == windows
   assert len(batches) == -(-windows // 3)  # fillers only complete the last batch
+
+
+def _nearest(ids, height, width):
+  """Nearest-neighbour resize with half-pixel centres (what tf.image.resize 'nearest' does):
+  output pixel i reads source pixel floor((i + 0.5) * in / out). Written out here, not taken
+  from TF, so a pipeline that resized masks any other way (bilinear then rounded, corner-
+  aligned, antialiased) would differ."""
+  def index(n_in, n_out):
+    i = np.floor((np.arange(n_out, dtype=np.float32) + 0.5) * np.float32(n_in / n_out))
+    return np.minimum(i.astype(np.int64), n_in - 1)
+  return ids[index(ids.shape[0], height)][:, index(ids.shape[1], width)]
+
+
+def _bilinear(img, height, width):
+  import tensorflow as tf  # noqa: PLC0415 -- the reference only
+  return tf.image.resize(img, (height, width), method='bilinear', antialias=False).numpy()
+
+
+# Source 48x64. 24x32: exactly half, the JPEG decoded at 1/2 DCT scale (no resize), which
+# differs from a 2x2 average by DCT ringing at the sharp shape edges; 36x40: ratios 4/3 and 8/5,
+# full decode then a bilinear resize. Tolerances on |frame - bilinear resize of the written
+# JPEG| (mean, 99th percentile), each about 1.5x what was measured.
+@pytest.mark.parametrize('size,tolerance', [((24, 32), (0.012, 0.11)),
+                                            ((36, 40), (0.006, 0.018))])
+def test_round_trip_resized(tiny_root, tiny_builder, tiny_vocab, size, tolerance):
+  """Config size != source size: masks are an exact nearest resize of the written ids, {0, 1},
+  frames a bilinear resize (within tolerance, and not shifted), orig_size the source size."""
+  h, w = size
+  config = tiny_config(tiny_root, height=h, width=w, flip_prob=0.0, photometric_strength=0.0,
+                       batch_size=1)
+  meta = _meta(tiny_root)
+  samples = _epoch(config, tiny_builder, tiny_vocab)
+  assert set(samples) == {(v, e) for v in meta for e in meta[v]['expressions']}
+  errors, shifted = [], []
+  for (video, exp_id), x in samples.items():
+    assert x['frames'].shape == (4, h, w, 3) and x['masks'].shape == (4, h, w)
+    assert set(np.unique(x['masks'])) <= {0.0, 1.0}
+    assert set(np.unique(x['object_masks'])) <= {0.0, 1.0}
+    obj = int(meta[video]['expressions'][exp_id]['obj_id'])
+    for t, fi in enumerate(x['frame_index']):
+      img, ids = _written(tiny_root, 'train', video, meta[video]['frames'][fi])
+      small = _nearest(ids, h, w)
+      np.testing.assert_array_equal(x['masks'][t], (small == obj).astype(np.float32))
+      np.testing.assert_array_equal(x['object_masks'][t], (small > 0).astype(np.float32))
+      want = _bilinear(img, h, w)
+      errors.append(np.abs(x['frames'][t] - want))
+      shifted.append(np.abs(x['frames'][t][:, 1:] - want[:, :-1]))
+  errors = np.stack(errors)
+  measured = (errors.mean(), np.percentile(errors, 99))
+  assert measured[0] < tolerance[0] and measured[1] < tolerance[1], measured
+  # Frames and masks line up: a frame one pixel off would match the reference far worse.
+  assert np.mean(shifted) > 3 * measured[0], (np.mean(shifted), measured)
+
+  config.eval_batch_size = 2
+  ds = pipelines.make_eval_dataset(config, tiny_builder, tiny_vocab, process_index=0,
+                                   process_count=1)
+  valid, n = _meta(tiny_root, 'valid'), 0
+  for b in pipelines.as_numpy(ds):
+    for i in np.flatnonzero(b['example_valid']):
+      video, exp_id = b['video'][i].decode(), b['exp_id'][i].decode()
+      assert b['orig_size'][i].tolist() == [48, 64]  # masks are written back at source size
+      obj = int(valid[video]['expressions'][exp_id]['obj_id'])
+      for t in np.flatnonzero(b['frame_valid'][i]):
+        _, ids = _written(tiny_root, 'valid', video, valid[video]['frames'][b['frame_index'][i][t]])
+        np.testing.assert_array_equal(b['masks'][i][t], _nearest(ids, h, w) == obj)
+        n += 1
+  assert n == TINY['num_frames'] * sum(len(v['expressions']) for v in valid.values())
+
+
+def test_youtube_vos_valid_layout_without_annotations(tiny_root, tiny_vocab, tmp_path):
+  """The published valid split: no valid/Annotations and no obj_id. It builds (as
+  refer_youtube_vos), its records have no masks and obj_id 0, and evaluation sees every
+  (video, expression) with empty targets (ytvos_layout's documented behaviour), while train
+  keeps its masks."""
+  root = copy_layout(tiny_root, tmp_path / 'ytvos')
+  shutil.rmtree(os.path.join(root, 'valid', 'Annotations'))
+  os.remove(os.path.join(root, 'meta_expressions', 'valid', ytvos_layout.EXPRESSION_KINDS))
+  path = ytvos_layout.meta_expressions_path(root, 'valid')
+  with open(path) as f:
+    meta = json.load(f)
+  for entry in meta['videos'].values():
+    for exp in entry['expressions'].values():
+      del exp['obj_id']
+  with open(path, 'w') as f:
+    json.dump(meta, f)
+  valid = meta['videos']
+
+  config = tiny_config(root, name='refer_youtube_vos')
+  builder = builders.prepare(config)
+  assert builders.expressions_of(builder, 'valid') == {
+      v: {e: x['exp'] for e, x in entry['expressions'].items()} for v, entry in valid.items()}
+  records = list(pipelines.read_records(builder, 'valid', process_index=0,
+                                        process_count=1).as_numpy_iterator())
+  assert sorted(r['video'].decode() for r in records) == sorted(valid)
+  for r in records:
+    assert len(r['masks']) == 0 and len(r['frames']) == TINY['num_frames']
+    assert r['expressions']['obj_id'].tolist() == [0] * len(r['expressions']['exp_id'])
+  train = next(pipelines.read_records(builder, 'train', process_index=0,
+                                      process_count=1).as_numpy_iterator())
+  assert len(train['masks']) == len(train['frames']) and (train['expressions']['obj_id'] > 0).all()
+
+  ds = pipelines.make_eval_dataset(config, builder, tiny_vocab, process_index=0,
+                                   process_count=1)
+  seen = {}
+  for b in pipelines.as_numpy(ds):
+    for i in np.flatnonzero(b['example_valid']):
+      key = (b['video'][i].decode(), b['exp_id'][i].decode())
+      assert b['obj_id'][i] == 0 and b['orig_size'][i].tolist() == [48, 64]
+      for k in ('masks', 'object_masks', 'boundary'):
+        assert not b[k][i].any(), k
+      assert b['frames'][i][b['frame_valid'][i]].std() > 0.05  # real frames, decoded
+      seen[key] = seen.get(key, 0) + int(b['frame_valid'][i].sum())
+  assert seen == {(v, e): TINY['num_frames'] for v in valid for e in valid[v]['expressions']}

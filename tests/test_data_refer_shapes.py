@@ -42,6 +42,24 @@ def test_layout_is_refer_youtube_vos(tiny_root):
         assert e['exp'] and (ids == int(e['obj_id'])).any()
 
 
+def test_valid_holds_the_combinations_train_lacks(tiny_root):
+  """HELD_OUT looks never appear in train and some do in valid, with an expression naming one
+  (what makes valid a test of unseen colour-shape pairs). Valid draws from all 42 looks, 6
+  held out, so this is likely but not certain for a small split; the tiny dataset's seed gives
+  four such objects, and the generator is deterministic, so the check is stable."""
+  held = set(refer_shapes.HELD_OUT)
+  looks = {}
+  for split in ('train', 'valid'):
+    objs = _load(tiny_root, split, 'meta.json')
+    looks[split] = {(o['colour'], o['category']) for v in objs.values()
+                    for o in v['objects'].values()}
+  assert looks['train'] and not looks['train'] & held
+  assert looks['valid'] & held, looks['valid']
+  texts = [e['exp'] for v in _load(tiny_root, 'valid', 'meta_expressions.json').values()
+           for e in v['expressions'].values()]
+  assert any(f'the {c} {s}' in t for t in texts for c, s in held), texts
+
+
 def test_deterministic_and_prefix_stable(tmp_path):
   kw = dict(num_valid_videos=0, num_frames=3, height=32, width=40, seed=5)
   refer_shapes.generate(str(tmp_path / 'a'), num_train_videos=3, **kw)
