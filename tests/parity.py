@@ -14,6 +14,26 @@ OUT_RTOL = 1e-4
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 1e-3
 
+# Every check below appends (kind, what, measured, tolerance) here before it asserts, so that a
+# passing run still shows its figures: tests/conftest.py moves them to the test's report after
+# each test and prints the worst per test and kind at the end of the run ("parity figures").
+FIGURES: list[tuple[str, str, float, float]] = []
+
+
+def record(kind: str, what: str, measured: float, tolerance: float) -> float:
+  """kind: 'out' (max|diff| / max|ref|), 'loss' (|diff| / |ref|) or 'grad' (||diff|| / ||ref||)."""
+  FIGURES.append((kind, what, float(measured), float(tolerance)))
+  return measured
+
+
+def check(kind: str, what: str, measured: float, tolerance: float) -> float:
+  """Records the figure, then asserts it (NaN fails) with the figure in the message."""
+  record(kind, what, measured, tolerance)
+  label = {'out': 'max|diff| / max|ref|', 'loss': '|diff| / |ref|',
+           'grad': '||diff|| / ||ref||'}[kind]
+  assert measured <= tolerance, f'{what}: {label} = {measured:.2e} > {tolerance:.0e}'
+  return measured
+
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
   """Random weights everywhere, including norms' affine and BatchNorm statistics (torch's
@@ -56,16 +76,24 @@ def max_rel_diff(actual, reference) -> float:
 
 
 def assert_outputs_close(actual, reference, what: str, rtol: float = OUT_RTOL) -> float:
-  rel = max_rel_diff(actual, reference)
-  assert rel <= rtol, f'{what}: max|diff| = {rel:.2e} * max|ref| > {rtol:.0e}'
-  print(f'{what}: max|diff| = {rel:.2e} * max|ref|')
-  return rel
+  return check('out', what, max_rel_diff(actual, reference), rtol)
+
+
+def assert_loss_close(actual: float, reference: float, what: str,
+                      rtol: float = LOSS_RTOL) -> float:
+  rel = abs(float(actual) - float(reference)) / abs(float(reference))
+  return check('loss', f'{what} ({float(actual):.6g} vs {float(reference):.6g})', rel, rtol)
 
 
 def norm_rel_diff(actual, reference) -> float:
   actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
   assert actual.shape == reference.shape, (actual.shape, reference.shape)
   return float(np.linalg.norm(actual - reference) / max(np.linalg.norm(reference), 1e-30))
+
+
+def assert_grads_close(actual, reference, what: str, rtol: float = GRAD_RTOL) -> float:
+  """One gradient leaf, norm-wise."""
+  return check('grad', what, norm_rel_diff(actual, reference), rtol)
 
 
 def nchw(x) -> torch.Tensor:

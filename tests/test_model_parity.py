@@ -6,6 +6,7 @@ which gives odd sizes at res4/res5 (5x9, 3x5) like the paper's 240x432 (15x27, 8
 Slow: the paper's network (ResNet-50, d=384, N=20) on one 12-frame 240x432 clip.
 """
 
+import copy
 import functools
 
 import jax
@@ -63,6 +64,27 @@ def build_pair(cfg, seed=0, **switches):
   return tmodel, fmodel
 
 
+def closest_backbone_relu_input(backbone: torch.nn.Module, x: torch.Tensor) -> tuple[float, str]:
+  """min |ReLU input| over the backbone's ReLUs, in float64 (the inputs' own rounding aside).
+
+  An input within ~1e-6 of 0 lands on either side under float32 rounding, and each framework's
+  float32 gradient is then the exact gradient of a slightly different function: with
+  small_inputs at seed 0, one res4 ReLU input at 1.5e-7 (layer3.1's last ReLU) put the JAX
+  gradient of layer3.1 5e-3 (relative) away from torch's in the w/o-alignment variant, while
+  JAX and torch agreed to 6e-8 in float64 and torch float32 sat 1e-6 from float64. A failing
+  gradient check reports this figure.
+  """
+  backbone = copy.deepcopy(backbone).double()
+  closest = []
+  for name, m in backbone.named_modules():
+    if isinstance(m, torch.nn.ReLU):
+      m.register_forward_pre_hook(
+          lambda _, inp, name=name: closest.append((inp[0].abs().min().item(), name)))
+  with torch.no_grad():
+    backbone(x.double())
+  return min(closest)
+
+
 def run_parity(cfg, inputs, check_grads=True, **switches):
   tmodel, fmodel = build_pair(cfg, **switches)
   args = (inputs['frames'], inputs['tokens'], inputs['token_mask'])
@@ -72,7 +94,10 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
   out = fmodel.apply(variables, *args)
   tframes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs['frames'], -1, 2)))
   tbatch = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+  backbone_input = []
+  hook = tmodel.backbone.register_forward_pre_hook(lambda _, inp: backbone_input.append(inp[0]))
   tout = tmodel(tframes, tbatch['tokens'].long(), tbatch['token_mask'])
+  hook.remove()
   for name in ('mask_logits', 'boundary_logits', 'object_logits', 'confidence',
                'text_pixel_logits', 'velocity'):
     if tout[name] is None:
@@ -95,16 +120,13 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
                                    text_pixel_logits=tout['text_pixel_logits'],
                                    text_pixel_weight=text_pixel_weight,
                                    velocity=tout['velocity'], velocity_weight=velocity_weight)
-  rel = abs(float(loss) - tloss.item()) / abs(tloss.item())
-  assert rel <= parity.LOSS_RTOL, f'total loss {float(loss)} vs {tloss.item()}: rel {rel:.1e}'
-  print(f'total loss rel diff {rel:.1e}')
+  parity.assert_loss_close(loss, tloss.item(), 'total loss')
   if not check_grads:
     return
   tloss.backward()
   tgrads = {k: p.grad.numpy() for k, p in tmodel.named_parameters() if p.grad is not None}
   flat = porting.flax_to_torch({'params': grads})
   assert flat, 'no gradients'
-  worst = ('', 0.0)
   for key, g in flat.items():
     assert key in tgrads, f'{key}: has a JAX gradient but no torch gradient'
     if key.endswith(SOFTMAX_INVARIANT_BIASES):
@@ -114,10 +136,12 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
       scale = np.linalg.norm(flat[key[:-len('bias')] + 'weight'])
       assert max(np.linalg.norm(g), np.linalg.norm(tgrads[key])) <= 1e-4 * scale, key
       continue
-    rel = parity.norm_rel_diff(g, tgrads[key])
-    worst = max(worst, (key, rel), key=lambda kv: kv[1])
-  assert worst[1] <= parity.GRAD_RTOL, f'gradient of {worst[0]}: rel {worst[1]:.1e}'
-  print(f'{len(flat)} gradient leaves, worst {worst[0]} rel {worst[1]:.1e}')
+    try:
+      parity.assert_grads_close(g, tgrads[key], f'gradient of {key}')
+    except AssertionError as e:
+      gap, relu = closest_backbone_relu_input(tmodel.backbone, backbone_input[0].detach())
+      raise AssertionError(f'{e}\n(the input of backbone ReLU {relu} is {gap:.1e} from 0 in '
+                           f'float64; see closest_backbone_relu_input)') from e
   # Every trainable torch parameter outside the frozen BatchNorms has a JAX counterpart.
   bn = {k for k in tgrads if k.startswith('backbone.') and ('bn' in k or 'downsample.1' in k)}
   assert set(tgrads) - bn == set(flat), sorted(set(tgrads) - bn ^ set(flat))
@@ -125,11 +149,20 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
 
 @functools.lru_cache(maxsize=1)
 def small_inputs():
-  return make_inputs(2, 2, 80, 144, 7, SMALL['vocab_size'], lengths=(7, 3))
+  # seed 1: seed 0 puts two backbone ReLU inputs within 1.5e-7 of 0 (closest_backbone_relu_input).
+  return make_inputs(2, 2, 80, 144, 7, SMALL['vocab_size'], lengths=(7, 3), seed=1)
 
 
 def test_full_model_small():
   run_parity(SMALL, small_inputs())
+
+
+# Gradients for the variants whose parameters, or the module holding them, no other gradient
+# test reaches: SentenceFusion (w/o alignment), the FCN and the frame-level object encoders,
+# the temporal convolutions. (The JAX gradient is taken for every variant anyway, so these add
+# only torch's backward and the comparison.)
+GRAD_VARIANTS = (dict(alignment='none'), dict(object_encoder='fcn'), dict(object_encoder='frame'),
+                 dict(video_temporal_kernel=3, embedding_position='sine'))
 
 
 @pytest.mark.parametrize('switches', [
@@ -150,7 +183,7 @@ def test_full_model_small():
     dict(mask_upsample='subpixel'),
 ], ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()))
 def test_ablation_variants_small(switches):
-  run_parity(SMALL, small_inputs(), check_grads=False, **switches)
+  run_parity(SMALL, small_inputs(), check_grads=switches in GRAD_VARIANTS, **switches)
 
 
 def test_text_pixel_heads_small():

@@ -1,9 +1,13 @@
 """Module-by-module parity of the Flax network with the PyTorch reference (float32, CPU).
 
-Small shapes with odd h, w (as 240x432 gives at res4/res5: 15x27, 8x14). Each test states the
-measured max|diff| / max|ref| in its assertion message (and prints it; run with -s to see).
+Small shapes with odd h, w (as 240x432 gives at res4/res5: 15x27, 8x14). Each check records its
+measured max|diff| / max|ref| (the "parity figures" table at the end of the pytest run) and
+states it in its assertion message when it fails.
 """
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +20,7 @@ from rvos_jax.models import (
     language,
     motion,
     position_encoding,
+    resnet,
     segmentation,
 )
 from tests import parity
@@ -271,3 +276,74 @@ def test_boundary_aware_segmentation_and_confidence():
   fconf = segmentation.ConfidenceHead(D)
   c = fconf.apply(parity.port(tconf, fconf, m), m)
   parity.assert_outputs_close(c, tconf(parity.nchw(m)).detach(), 'confidence head')
+
+
+class _BatchNorm(nn.Module):
+  """The backbone's norm layer on its own (resnet.batch_norm needs a parent module)."""
+
+  frozen: bool
+  train: bool
+
+  @nn.compact
+  def __call__(self, x):
+    return resnet.batch_norm(self.frozen, self.train, 'bn')(x)
+
+
+def _shrink_(module: torch.nn.Module, *names: str) -> torch.nn.Module:
+  with torch.no_grad():
+    for name in names:
+      module.get_parameter(name).mul_(1e-3)
+  return module
+
+
+def _norm_case(norm: str):
+  """-> (JAX output as a function of nothing, torch output), activations of variance ~1e-6 at
+  every norm of the module. Biases before a norm shrink with the input: per-channel offsets of
+  0.1 would give GroupNorm's groups (and LayerNorm's rows) a variance of ~1e-2 of their own."""
+  rng = np.random.default_rng(11)
+  if norm == 'group':  # the pyramid heads' conv-GroupNorm(8)-ReLU block
+    x = (1e-3 * rng.normal(size=(2, 9, 11, 16))).astype(np.float32)
+    tmod = _shrink_(parity.randomize_(ref.ConvNormReLU(16, 16)), 'conv.bias')
+    fmod = segmentation.ConvNormReLU(16)
+    variables = parity.port(tmod, fmod, x)
+    return lambda: fmod.apply(variables, x), parity.nhwc(tmod(parity.nchw(x)).detach())
+  if norm == 'layer':  # the language encoder's post-norm layer: norm1 and norm2
+    x = (1e-3 * rng.normal(size=(B, N, D))).astype(np.float32)
+    mask = _word_mask()
+    tmod = _shrink_(parity.randomize_(ref.TransformerEncoderLayer(D, 4, 64)), 'attn.out.weight',
+                    'attn.out.bias', 'norm1.weight', 'norm1.bias', 'ffn2.weight', 'ffn2.bias')
+    fmod = language.TransformerEncoderLayer(num_heads=4, ffn_dim=64, dropout=0.0)
+    variables = parity.port(tmod, fmod, x, mask, False)
+    expected = tmod(torch.from_numpy(x), torch.from_numpy(mask)).detach().numpy()
+    return lambda: fmod.apply(variables, x, mask, False), expected
+  # The backbone's BatchNorm: frozen (running variance ~1e-6) or trained (batch variance ~1e-6).
+  train = norm == 'batch_train'
+  x = ((1e-3 if train else 1.0) * rng.normal(size=(4, 7, 9, 16))).astype(np.float32)
+  tmod = parity.randomize_(torch.nn.ModuleDict({'bn': torch.nn.BatchNorm2d(16)}))
+  if train:
+    tmod.train()
+  else:
+    tmod['bn'].running_var.mul_(1e-6)
+  fmod = _BatchNorm(frozen=not train, train=train)
+  variables = parity.port(tmod, fmod, x)
+  expected = parity.nhwc(tmod['bn'](parity.nchw(x)).detach())
+  if train:
+    return lambda: fmod.apply(variables, x, mutable=['batch_stats'])[0], expected
+  return lambda: fmod.apply(variables, x), expected
+
+
+@pytest.mark.parametrize('norm', ['group', 'layer', 'batch_frozen', 'batch_train'])
+def test_norm_epsilon_under_tiny_variance(norm, monkeypatch):
+  """torch's eps is 1e-5 for all three norms, Flax's GroupNorm / LayerNorm default 1e-6. At unit
+  variance that mistake moves outputs by ~5e-6 relative and passes the 1e-4 tolerance; at a
+  variance of ~1e-6 the eps dominates. Then the same comparison with every JAX eps at 1e-6
+  must fail (the test can fail)."""
+  run, expected = _norm_case(norm)
+  parity.assert_outputs_close(run(), expected, f'{norm} norm, variance ~1e-6')
+  monkeypatch.setattr(segmentation, 'GROUP_NORM_EPS', 1e-6)
+  monkeypatch.setattr(language, 'LAYER_NORM_EPS', 1e-6)
+  monkeypatch.setattr(resnet, 'BN_EPSILON', 1e-6)
+  monkeypatch.setattr(resnet, 'FrozenBatchNorm',
+                      functools.partial(resnet.FrozenBatchNorm, epsilon=1e-6))
+  wrong = parity.max_rel_diff(run(), expected)
+  assert wrong > 100 * parity.OUT_RTOL, f'eps 1e-6 only moved the {norm} output by {wrong:.1e}'

@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from flax import traverse_util
 
 from rvos_jax import port_resnet50, porting
 from rvos_jax.models import resnet
+from tests import parity
 from tests.torch_reference import resnet as torch_resnet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,14 +250,16 @@ def test_ported_resnet50_matches_torch(resnet50, ported):
   model, _ = resnet50
   flax_model = resnet.ResNet(50)
   variables = porting.load_backbone_checkpoint(_abstract_variables(flax_model), ported, subtree='')
-  x = np.random.default_rng(0).standard_normal((1, 64, 64, 3)).astype(np.float32)
+  # 67 x 93: odd at every stride (34x47, 17x24, 9x12, 5x6, 3x3), so the stem's strided conv and
+  # max-pool and each stage's strided conv / downsample pad as torch does or the test fails.
+  x = np.random.default_rng(0).standard_normal((1, 67, 93, 3)).astype(np.float32)
   got = jax.jit(flax_model.apply)(variables, x)
   with torch.no_grad():
     ref = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+  assert got['res5'].shape == (1, 3, 3, 2048)
   for name in resnet.FEATURE_NAMES:
-    r = ref[name].permute(0, 2, 3, 1).numpy()
-    diff, scale = float(np.max(np.abs(np.asarray(got[name]) - r))), float(np.max(np.abs(r)))
-    assert diff <= 1e-4 * scale, f'{name}: max|diff| {diff:.3g} > 1e-4 * max|ref| {scale:.3g}'
+    parity.assert_outputs_close(got[name], ref[name].permute(0, 2, 3, 1).numpy(),
+                                f'ported ResNet-50 {name}')
 
 
 def test_load_places_leaves_in_either_collection_and_subtree(ported):
@@ -300,14 +304,17 @@ def test_port_names_renamed_and_missing_keys(resnet50):
     port_resnet50.port_state_dict(missing)
 
 
+def _run_cli(*flag_args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [str(REPO), *filter(None, [os.environ.get('PYTHONPATH')])]))
+  return subprocess.run([sys.executable, '-m', 'rvos_jax.port_resnet50', *flag_args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_port_cli_entry_point(resnet50, ported, tmp_path):
   _, path = resnet50
   out = tmp_path / 'cli'
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [str(REPO), *filter(None, [os.environ.get('PYTHONPATH')])]))
-  result = subprocess.run(
-    [sys.executable, '-m', 'rvos_jax.port_resnet50', f'--torch_checkpoint={path}',
-     f'--output_dir={out}'], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  result = _run_cli(f'--torch_checkpoint={path}', f'--output_dir={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Dropped 55 keys (2 fc.*, 53 *.num_batches_tracked)' in result.stderr
   a = traverse_util.flatten_dict(porting.read_backbone_checkpoint(out))
@@ -320,3 +327,37 @@ def test_port_refuses_to_overwrite(resnet50, ported):
   _, path = resnet50
   with pytest.raises(FileExistsError, match='already holds a checkpoint'):
     port_resnet50.port_checkpoint(str(path), str(ported))
+
+
+@pytest.fixture(scope='module')
+def bad_resnet18_files(tmp_path_factory):
+  """torchvision-layout ResNet-18 state_dicts (--depth 18: a quarter of ResNet-50's bytes) with
+  one key renamed and with one key missing; fc.* and num_batches_tracked kept, as in a real
+  file, so the CLI's drop rule is not what rejects them."""
+  state_dict = torch_resnet.ResNet(18).state_dict()
+  directory = tmp_path_factory.mktemp('bad_torch')
+  renamed = dict(state_dict)
+  renamed['layer2.1.bn2.weights'] = renamed.pop('layer2.1.bn2.weight')
+  missing = dict(state_dict)
+  del missing['layer3.0.downsample.0.weight']
+  files = {}
+  for name, sd in (('renamed', renamed), ('missing', missing)):
+    files[name] = directory / f'{name}.pth'
+    torch.save(sd, files[name])
+  return files
+
+
+@pytest.mark.parametrize('case,names', [
+    ('renamed', [r'^\s+layer2\.1\.bn2\.weight\b', r'^\s+layer2\.1\.bn2\.weights\b']),
+    ('missing', [r'^\s+layer3\.0\.downsample\.0\.weight\b'])], ids=['renamed', 'missing'])
+def test_port_cli_rejects_unmatched_keys(bad_resnet18_files, tmp_path, case, names):
+  """Strict through the CLI: non-zero exit, stderr names the key (a renamed key as both the
+  missing name and the unused one), and nothing is written to --output_dir."""
+  out = tmp_path / 'out'
+  result = _run_cli(f'--torch_checkpoint={bad_resnet18_files[case]}', f'--output_dir={out}',
+                    '--depth=18')
+  assert result.returncode != 0, result.stderr[-3000:]
+  assert 'PortError' in result.stderr, result.stderr[-3000:]
+  for pattern in names:
+    assert re.search(pattern, result.stderr, re.MULTILINE), (pattern, result.stderr[-3000:])
+  assert not out.exists(), sorted(p.name for p in out.rglob('*'))
