@@ -122,9 +122,10 @@ def get_long_config():
 
 def get_motion_config():
   """`long` with the direction of motion supervised and matched against the words (ours;
-  rvos_jax/models/motion.py): ~27 min on 2 CPU cores. Seed 0: motion J 0.627 (the masks 65%
-  on the target, 26% on its look-alike twin; the default hedges at 0.43), J&F 73.6 (README,
-  "Motion with the direction in the embedding"). At the default's 1000 steps these terms cost
+  rvos_jax/models/motion.py): ~27 min on 2 CPU cores. Seeds 0 / 1 / 2: motion J 0.627 / 0.660
+  / 0.817 (seed 0's masks 65% on the target, 26% on its look-alike twin; the default hedges at
+  0.43, and so does the frame-only control at this budget, 0.452), J&F 73.6 / 76.3 / 75.8
+  (README, "Motion at the `:motion` budget"). At the default's 1000 steps these terms cost
   more than they give (J&F 56.5): the words bind to the velocity only after ~1000 steps.
   """
   config = get_long_config()
