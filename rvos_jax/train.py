@@ -114,12 +114,18 @@ def create_train_state(config: ml_collections.ConfigDict, model: mlrl_sa.MLRLSA,
   every leaf straight into its sharding. The backbone comes from `config.model.backbone_init`
   when set. Returns (state, state_shardings)."""
   init_rng, state_rng = jax.random.split(rng)
-  _, shardings = abstract_train_state(config, model, tx, mesh)
-  state = jax.jit(_init_fn(config, model, tx, state_rng), out_shardings=shardings)(init_rng)
+  abstract, shardings = abstract_train_state(config, model, tx, mesh)
+  loaded = None
   if config.model.backbone_init:
-    # Strict: a missing/extra leaf or a shape mismatch raises porting.PortError.
-    variables = porting.load_backbone_checkpoint(
-        state.variables(), config.model.backbone_init, subtree=BACKBONE)
+    # Strict: a missing/extra leaf or a shape mismatch raises porting.PortError. Loaded against
+    # the abstract state, so a wrong checkpoint fails before the init compiles (minutes at the
+    # paper's size); its leaves arrive in their shardings, the others stay abstract.
+    loaded = porting.load_backbone_checkpoint(abstract.variables(), config.model.backbone_init,
+                                              subtree=BACKBONE)
+  state = jax.jit(_init_fn(config, model, tx, state_rng), out_shardings=shardings)(init_rng)
+  if loaded is not None:
+    variables = jax.tree.map(lambda new, init: init if isinstance(new, jax.ShapeDtypeStruct)
+                             else new, loaded, state.variables())
     state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
     # Adam's moments are zeros of the same shapes: no need to re-initialise them.
   return state, shardings

@@ -108,8 +108,9 @@ def test_nan_check_names_the_step():
     train.check_finite(7, {'loss/total': float('nan'), 'grad_norm': 1.0})
 
 
-def test_backbone_init_from_config(tmp_path):
+def test_backbone_init_from_config(tmp_path, monkeypatch):
   """config.model.backbone_init loads a ported backbone strictly into the train state."""
+  init_fn = train._init_fn
   config = tiny_config()
   config.model.frozen_bn = True
   depth, width = config.model.backbone_depth, config.model.backbone_width
@@ -129,12 +130,16 @@ def test_backbone_init_from_config(tmp_path):
                                 variables['params']['conv1']['kernel'])
   np.testing.assert_array_equal(state.batch_stats['backbone']['layer1']['0']['bn1']['var'],
                                 variables['batch_stats']['layer1']['0']['bn1']['var'])
-  # A checkpoint of another backbone is refused, naming a leaf and both shapes.
+  # A checkpoint of another backbone is refused, naming a leaf and both shapes, before the
+  # init is compiled (only the abstract init ran).
   config.model.backbone_width = 0.25
   model = mlrl_sa.build_model(config.model, vocab_size=20)
+  inits = []
+  monkeypatch.setattr(train, '_init_fn', lambda *a: inits.append(a) or init_fn(*a))
   with pytest.raises(porting.PortError, match=r'conv1\.kernel.*\(7, 7, 3, 8\).*\(7, 7, 3, 16\)'):
     train.create_train_state(config, model, train.make_optimizer(config), mesh,
                              jax.random.PRNGKey(0))
+  assert len(inits) == 1, 'the real init ran before the checkpoint was checked'
 
 
 def test_optimizer_state_is_sharded_like_params(setup):
