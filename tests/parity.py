@@ -20,15 +20,10 @@ GRAD_RTOL = 1e-3
 FIGURES: list[tuple[str, str, float, float]] = []
 
 
-def record(kind: str, what: str, measured: float, tolerance: float) -> float:
-  """kind: 'out' (max|diff| / max|ref|), 'loss' (|diff| / |ref|) or 'grad' (||diff|| / ||ref||)."""
-  FIGURES.append((kind, what, float(measured), float(tolerance)))
-  return measured
-
-
 def check(kind: str, what: str, measured: float, tolerance: float) -> float:
-  """Records the figure, then asserts it (NaN fails) with the figure in the message."""
-  record(kind, what, measured, tolerance)
+  """Records the figure in FIGURES, then asserts it (NaN fails) with the figure in the message.
+  kind: 'out' (max|diff| / max|ref|), 'loss' (|diff| / |ref|) or 'grad' (||diff|| / ||ref||)."""
+  FIGURES.append((kind, what, float(measured), float(tolerance)))
   label = {'out': 'max|diff| / max|ref|', 'loss': '|diff| / |ref|',
            'grad': '||diff|| / ||ref||'}[kind]
   assert measured <= tolerance, f'{what}: {label} = {measured:.2e} > {tolerance:.0e}'
