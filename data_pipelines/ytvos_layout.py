@@ -13,7 +13,7 @@ the synthetic refer_shapes dataset use the same layout, with Annotations for bot
 
 meta.json is never read by data_pipelines (deliberately): frames, masks and
 meta_expressions.json hold all that training and evaluation need; meta.json adds per-object
-frame lists and categories, which only the analysis in rvos_jax.distractors reads.
+frame lists and categories, which only the analysis in rvos_jax.analysis.distractors reads.
 
 Everything that can be wrong with a sample is checked here, once, when TFDS builds the records,
 so that training never dies half-way through an epoch: structural errors in

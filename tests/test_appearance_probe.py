@@ -1,8 +1,9 @@
-"""rvos_jax.appearance_probe: parsing the attributes, and the readout (end to end in test_main)."""
+"""rvos_jax.analysis.appearance_probe: parsing the attributes, and the readout (end to end in
+test_main)."""
 
 import numpy as np
 
-from rvos_jax import appearance_probe, motion_probe
+from rvos_jax.analysis import appearance_probe, motion_probe
 
 
 def test_attributes_of_names_one_colour_and_one_shape():

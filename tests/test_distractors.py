@@ -1,4 +1,4 @@
-"""rvos_jax.distractors on a hand-made layout whose answer is known pixel by pixel."""
+"""rvos_jax.analysis.distractors on a hand-made layout whose answer is known pixel by pixel."""
 
 import json
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rvos_jax import distractors, evaluation
+from rvos_jax import evaluation
+from rvos_jax.analysis import distractors
 
 OBJECTS = {'1': {'category': 'circle', 'colour': 'red'},    # the target
            '2': {'category': 'circle', 'colour': 'red'},    # twin

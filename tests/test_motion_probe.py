@@ -1,10 +1,10 @@
-"""rvos_jax.motion_probe's measurements on inputs whose answer is known (the end-to-end run on a
-trained checkpoint is in tests/test_main.py)."""
+"""rvos_jax.analysis.motion_probe's measurements on inputs whose answer is known (the end-to-end
+run on a trained checkpoint is in tests/test_main.py)."""
 
 import numpy as np
 import pytest
 
-from rvos_jax import motion_probe
+from rvos_jax.analysis import motion_probe
 
 
 def _moving_square(dy, dx, frames=4, size=24):

@@ -18,7 +18,7 @@ the share of the predicted foreground in each class and the target recall (share
 pixels predicted). Layouts as in `rvos_jax.evaluation`; `meta.json` is the split's
 {"videos": {video: {"objects": {obj_id: {"category": ..., ["colour": ...]}}}}}.
 
-  python -m rvos_jax.distractors --predictions DIR --annotations DIR \
+  python -m rvos_jax.analysis.distractors --predictions DIR --annotations DIR \
       --meta_expressions FILE --meta FILE [--output_json FILE]
 """
 

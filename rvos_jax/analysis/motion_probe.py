@@ -1,8 +1,8 @@
 """Does a trained network see motion? Two measurements on refer_shapes' motion expressions.
 
 A motion expression names one of two look-alike objects (same colour, shape and size) by the
-way it moves. J and `rvos_jax.distractors` say whether the mask picks it; this says where on
-the way from pixels to mask the direction of motion is lost:
+way it moves. J and `rvos_jax.analysis.distractors` say whether the mask picks it; this says
+where on the way from pixels to mask the direction of motion is lost:
 
   decodable   Is the direction (left, right, up, down, still; read from the masks' centroids)
               linearly decodable, frame by frame, from each embedding at the object's cells?
@@ -16,7 +16,7 @@ the way from pixels to mask the direction of motion is lost:
 
 Clips are what training sees: T frames `config.data.frame_stride` apart from the first frame.
 
-  python -m rvos_jax.motion_probe --config configs/refer_shapes.py --workdir W \\
+  python -m rvos_jax.analysis.motion_probe --config configs/refer_shapes.py --workdir W \\
       [--split train] [--config.model.X=...]   # the run's config, as for --mode eval
 """
 
@@ -151,7 +151,7 @@ def setup_probe(config: ml_collections.ConfigDict, workdir: str, split: str,
   """The split's meta_expressions and expression kinds (refer_shapes: an error naming the
   file and what the probe `needs` otherwise), the latest checkpoint, and a jitted forward
   pass that also returns the EMBEDDINGS' outputs."""
-  from rvos_jax import train  # noqa: PLC0415 -- JAX model code only when probing
+  from rvos_jax import inference  # noqa: PLC0415 -- JAX model code only when probing
 
   meta_path = ytvos_layout.meta_expressions_path(config.data.root, split)
   meta = ytvos_layout.read_meta_expressions(meta_path)
@@ -159,7 +159,7 @@ def setup_probe(config: ml_collections.ConfigDict, workdir: str, split: str,
   if kinds is None:
     raise ValueError(f'{meta_path}: no {ytvos_layout.EXPRESSION_KINDS} beside it: the probe '
                      f'needs refer_shapes ({needs})')
-  model, variables, vocab = train.restore_for_inference(config, workdir)
+  model, variables, vocab = inference.restore_for_inference(config, workdir)
 
   @jax.jit
   def forward(frames, tokens, token_mask):
@@ -253,7 +253,7 @@ def format_table(result: dict) -> str:
 
 
 def run_tool(name: str, probe_fn, format_fn, what: str) -> None:
-  """The command line of a probe (this one, rvos_jax.appearance_probe): flags, the probe of
+  """The command line of a probe (this one, rvos_jax.analysis.appearance_probe): flags, the probe of
   the latest checkpoint, its table on stdout and `<workdir>/<name>_<split>.json`. Flags are
   defined here, not at import, so the probes can import each other."""
   config_flags.DEFINE_config_file('config', None, 'The run\'s configuration file.',

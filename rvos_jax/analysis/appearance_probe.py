@@ -11,10 +11,10 @@ what each embedding holds, at the objects that an appearance expression names:
               (2 folds over objects, never frames of one object on both sides); chance is the
               majority answer of the training folds.
 
-It is how we found that the ResNet stem's max-pool was costing shape on 64x96 frames (README,
-model section, `model.backbone_stem_pool`).
+It is how we found that the ResNet stem's max-pool was costing shape on 64x96 frames
+(docs/model_choices.md, `model.backbone_stem_pool`).
 
-  python -m rvos_jax.appearance_probe --config configs/refer_shapes.py --workdir W \\
+  python -m rvos_jax.analysis.appearance_probe --config configs/refer_shapes.py --workdir W \\
       [--split train] [--config.model.X=...]   # the run's config, as for --mode eval
 """
 
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines.refer_shapes import COLOURS, SHAPES
-from rvos_jax import motion_probe
+from rvos_jax.analysis import motion_probe
 
 ATTRIBUTES = {'colour': tuple(COLOURS), 'shape': SHAPES}
 
