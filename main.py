@@ -34,16 +34,16 @@ def main(argv):
   import tensorflow as tf  # noqa: PLC0415
   tf.config.set_visible_devices([], 'GPU')
 
-  from rvos_jax import train  # noqa: PLC0415 -- after TF is confined
+  from rvos_jax import inference, train  # noqa: PLC0415 -- after TF is confined
   config = FLAGS.config
   logging.info('config:\n%s', config)
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
-    train.evaluate_checkpoint(config, FLAGS.workdir, output_dir=FLAGS.output_dir)
+    inference.evaluate_checkpoint(config, FLAGS.workdir, output_dir=FLAGS.output_dir)
   else:
-    train.predict_checkpoint(config, FLAGS.workdir, video=FLAGS.video,
-                             expression=FLAGS.expression, output_dir=FLAGS.output_dir)
+    inference.predict_checkpoint(config, FLAGS.workdir, video=FLAGS.video,
+                                 expression=FLAGS.expression, output_dir=FLAGS.output_dir)
 
 
 if __name__ == '__main__':

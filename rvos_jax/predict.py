@@ -5,7 +5,8 @@ Two uses, both behind `python main.py --mode predict` (`predict_main`):
   one video      `--video PATH --expression TEXT`: a folder of frames (jpg/png, sorted by name) or
                  a video file (mp4, ... through imageio's ffmpeg plugin). Writes
                  <out>/masks/<frame>.png (0/255), <out>/overlay.gif and, when imageio-ffmpeg is
-                 installed, <out>/overlay.mp4 (mask tinted red, outlined in yellow).
+                 installed, <out>/overlay.mp4 (mask tinted red, outlined in yellow, the
+                 expression written above the frames).
   a split        no --video: every (video, expression) of config.data.eval_split, as the
                  Refer-YouTube-VOS server wants it: <out>/Annotations/<video>/<exp_id>/<frame>.png
                  (binary 0/255) and <out>/submission.zip with Annotations/ at its top.
@@ -39,11 +40,13 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from data_pipelines import vocabulary as vocabulary_lib
 from data_pipelines import windows as windows_lib
+from data_pipelines import ytvos_layout
 from rvos_jax import precision
+from rvos_jax.progress import ProgressLog
 
 # (variables, frames (B,T,H,W,3) float32 in [0,1], tokens (B,N), token_mask (B,N))
 #   -> (mask probabilities sigmoid(E) (B,T,H,W), confidence scores sigmoid(C) (B,T)).
@@ -57,6 +60,12 @@ OVERLAY_ALPHA = 0.5
 OVERLAY_OUTLINE = np.array([255, 230, 0], np.uint8)  # yellow
 DEFAULT_FPS = 10.0
 GIF_MAX_SIDE = 480  # the GIF is a preview; the mp4 keeps the full size
+# Small frames (refer_shapes' 64x96) are enlarged by a whole factor (nearest: every model
+# pixel stays a visible block) until the short side reaches this, so that the outline and the
+# caption can be read.
+OVERLAY_MIN_SIDE = 240
+CAPTION_BACKGROUND = np.array([24, 24, 24], np.uint8)
+CAPTION_TEXT = (255, 255, 255)
 
 
 class PredictError(ValueError):
@@ -189,6 +198,7 @@ def video_probabilities(predict_fn: PredictFn, variables, frames_uint8: np.ndarr
   # The windows of the evaluation pipeline: every frame once, eval_frame_stride apart.
   windows = windows_lib.eval_windows(n, T, int(data_config.get('eval_frame_stride', 1)))
   num_batches = -(-len(windows) // B)
+  progress = ProgressLog(f'segment {where}', len(windows), 'windows')
   windows = np.concatenate([windows, np.full((num_batches * B - len(windows), T), -1, np.int32)])
   probs = np.zeros((n, H, W), np.float32)
   conf = np.zeros((n,), np.float32)
@@ -202,6 +212,9 @@ def video_probabilities(predict_fn: PredictFn, variables, frames_uint8: np.ndarr
     p, c = predict_fn(variables, clip.reshape(B, T, H, W, 3), batch_tokens, batch_mask)
     probs[idx[valid]] = np.asarray(p).reshape(B * T, H, W)[valid]
     conf[idx[valid]] = np.asarray(c).reshape(B * T)[valid]
+    progress.update(min((i + 1) * B, progress.total))
+  if num_batches > 1:
+    progress.finish()
   return probs, conf
 
 
@@ -394,10 +407,71 @@ def write_mp4(frames_uint8: np.ndarray, path: str, fps: float = DEFAULT_FPS) -> 
   return path
 
 
+def enlarge(frames_uint8: np.ndarray, masks: np.ndarray, min_side: int = OVERLAY_MIN_SIDE
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """Frames and masks repeated by the smallest whole factor that makes the short side at
+  least `min_side` (1: unchanged)."""
+  factor = max(1, -(-min_side // min(masks.shape[1:3])))
+  if factor == 1:
+    return frames_uint8, masks
+  up = lambda x: np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
+  return up(frames_uint8), up(masks)
+
+
+def _font(size: int):
+  try:  # Pillow >= 10.1 with FreeType: a scalable font shipped with Pillow.
+    return ImageFont.load_default(size=size)
+  except (TypeError, OSError, ImportError):  # older Pillow / no FreeType: the bitmap font.
+    return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+  lines, line = [], ''
+  for word in text.split():
+    trial = f'{line} {word}'.strip()
+    if line and draw.textlength(trial, font=font) > width:
+      lines.append(line)
+      line = word
+    else:
+      line = trial
+  return lines + ([line] if line else [])
+
+
+def caption(text: str, width: int) -> np.ndarray:
+  """A (h, width, 3) uint8 banner with `text` in white on dark grey, wrapped to the width."""
+  size = max(11, min(28, width // 22))
+  font, pad = _font(size), max(3, size // 3)
+  probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  lines = _wrap(text, font, width - 2 * pad, probe) or ['']
+  line_h = size + size // 4
+  height = 2 * pad + line_h * len(lines)
+  height += height % 2  # even, so that an even frame stays even for the mp4's yuv420p
+  image = Image.new('RGB', (width, height), tuple(CAPTION_BACKGROUND))
+  draw = ImageDraw.Draw(image)
+  for i, line in enumerate(lines):
+    draw.text((pad, pad + i * line_h), line, fill=CAPTION_TEXT, font=font)
+  return np.asarray(image)
+
+
+def render_overlay(frames_uint8: np.ndarray, masks: np.ndarray, expression: str | None = None
+                   ) -> np.ndarray:
+  """What a person looks at: the frames enlarged if small (`enlarge`), the mask tinted and
+  outlined (`overlay_frames`), and with `expression` the sentence as a caption above every
+  frame, so which object the words chose is clear at a glance. uint8 (n, h, w, 3)."""
+  frames, masks = enlarge(frames_uint8, masks)
+  out = overlay_frames(frames, masks)
+  if expression is None:
+    return out
+  banner = caption(expression, out.shape[2])
+  return np.concatenate([np.broadcast_to(banner, (len(out), *banner.shape)), out], axis=1)
+
+
 def write_overlays(frames_uint8: np.ndarray, masks: np.ndarray, output_dir: str, *,
-                   fps: float = DEFAULT_FPS, name: str = 'overlay') -> dict[str, str]:
-  """<output_dir>/<name>.gif and, with imageio-ffmpeg, <name>.mp4; returns {'gif', 'mp4'}."""
-  frames = overlay_frames(frames_uint8, masks)
+                   fps: float = DEFAULT_FPS, name: str = 'overlay',
+                   expression: str | None = None) -> dict[str, str]:
+  """<output_dir>/<name>.gif and, with imageio-ffmpeg, <name>.mp4 (render_overlay: enlarged
+  if small, with the expression as a caption when given); returns {'gif', 'mp4'}."""
+  frames = render_overlay(frames_uint8, masks, expression)
   paths = {'gif': write_gif(frames, os.path.join(output_dir, f'{name}.gif'), fps)}
   if _ffmpeg_available():
     paths['mp4'] = write_mp4(frames, os.path.join(output_dir, f'{name}.mp4'), fps)
@@ -437,7 +511,7 @@ def write_submission_zip(output_dir: str, zip_path: str) -> str:
 def predict_split(predict_fn: PredictFn, variables, config: ml_collections.ConfigDict, builder,
                   vocab: vocabulary_lib.Vocabulary, output_dir: str, *, split: str | None = None,
                   zip_path: str | None = None, process_index: int | None = None,
-                  process_count: int | None = None, log_every: int = 50) -> str:
+                  process_count: int | None = None, log_every_s: float = 10.0) -> str:
   """Masks of every (video, expression) of `split` (default config.data.eval_split).
 
   Writes <output_dir>/Annotations/<video>/<exp_id>/<frame>.png (0/255, at the video's original
@@ -479,28 +553,31 @@ def predict_split(predict_fn: PredictFn, variables, config: ml_collections.Confi
       scores = confidence.setdefault(video, {}).setdefault(exp_id, {})
       scores.update({i: float(conf[b, t]) for i, t in zip(indices, valid, strict=True)})
 
+  from data_pipelines import builders  # noqa: PLC0415
+
+  expected = {(v, e) for v, es in builders.expressions_of(builder, split).items() for e in es}
+  # Each host predicts its share of the videos: the total is an estimate there.
+  progress = ProgressLog(f'predict {split}' + (f' (host {process_index})' if process_count > 1
+                                               else ''),
+                         -(-len(expected) // process_count), 'expressions', every_s=log_every_s)
   # predict_fn dispatches asynchronously: the host writes batch i while the device runs i+1.
   pending = None
-  num_batches = 0
   for batch in pipelines.as_numpy(ds):
     out = predict_fn(variables, batch['frames'], batch['tokens'], batch['token_mask'])
     if pending is not None:
       write_batch(*pending)
+      progress.update(len(written))
     pending = (batch, *out)
-    num_batches += 1
-    if num_batches % log_every == 0:
-      logging.info('predict %s: %d batches, %d expressions', split, num_batches, len(written))
   if pending is not None:
     write_batch(*pending)
+  progress.update(len(written))
+  progress.finish()
 
   for (video, exp_id), indices in written.items():
     if sorted(indices) != list(range(len(indices))):
       raise PredictError(f'{split}: video {video!r} expression {exp_id!r} got frames '
                          f'{sorted(indices)} from the pipeline; expected each of 0..n-1 once')
   if process_count == 1:
-    from data_pipelines import builders  # noqa: PLC0415
-
-    expected = {(v, e) for v, es in builders.expressions_of(builder, split).items() for e in es}
     if set(written) != expected:
       missing = sorted(expected - set(written))
       raise PredictError(f'{split}: {len(missing)} expressions got no prediction, e.g. '
@@ -532,8 +609,8 @@ def predict_video(predict_fn: PredictFn, variables, config: ml_collections.Confi
   frames, names = read_video(video)
   masks = segment_video(predict_fn, variables, frames, expression, vocab, config, where=video)
   paths = write_masks(masks, names, os.path.join(output_dir, 'masks'))
-  overlays = write_overlays(frames, masks, output_dir,
-                            fps=fps if fps else video_fps(video))
+  overlays = write_overlays(frames, masks, output_dir, fps=fps if fps else video_fps(video),
+                            expression=expression)
   with open(os.path.join(output_dir, 'expression.txt'), 'w', encoding='utf-8') as f:
     f.write(expression + '\n')
   return {'masks': paths, **overlays, 'num_frames': len(names)}
@@ -578,3 +655,29 @@ def predict_main(config: ml_collections.ConfigDict, workdir: str, *, variables,
   if zip_path:
     result['zip'] = zip_path
   return result
+
+
+def write_example_overlays(predict_fn, variables, config, vocab, output_dir: str,
+                           per_kind: int = 1) -> list[str]:
+  """Overlays a person can look at: the first expressions of the eval split (for
+  refer_shapes, `per_kind` of each expression kind), segmented from the frames on disk."""
+  root = os.path.abspath(os.path.expanduser(config.data.root))
+  split = config.data.eval_split
+  meta_path = ytvos_layout.meta_expressions_path(root, split)
+  meta = ytvos_layout.read_meta_expressions(meta_path)
+  kinds = ytvos_layout.read_expression_kinds(meta_path) or {}
+  chosen, counts = [], {}
+  for video in sorted(meta):
+    for exp_id, exp in sorted(meta[video]['expressions'].items()):
+      kind = kinds.get(video, {}).get(exp_id, 'all')
+      if counts.get(kind, 0) < per_kind:
+        counts[kind] = counts.get(kind, 0) + 1
+        chosen.append((video, exp_id, exp['exp'], kind))
+  written = []
+  for video, exp_id, text, kind in chosen:
+    out = os.path.join(output_dir, f'{kind}_{video}_{exp_id}')
+    predict_video(predict_fn, variables, config, vocab,
+                  os.path.join(root, split, 'JPEGImages', video), text, out)
+    written.append(out)
+  logging.info('wrote %d overlays under %s', len(written), output_dir)
+  return written

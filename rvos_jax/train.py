@@ -7,7 +7,6 @@ tests call directly, and a loop that wires them to the data, checkpoints, metric
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
@@ -25,7 +24,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from data_pipelines import builders, pipelines, ytvos_layout
+from data_pipelines import builders, pipelines
 from data_pipelines.vocabulary import Vocabulary
 from rvos_jax import checkpointing, evaluation, losses, porting, precision, predict, sharding
 from rvos_jax.models import mlrl_sa
@@ -335,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if total > 0 and config.train.final_eval:
     results = run_eval(total)
     if jax.process_index() == 0:
-      write_example_overlays(predict_fn, state.variables(), config, vocab,
+      predict.write_example_overlays(predict_fn, state.variables(), config, vocab,
                              os.path.join(workdir, 'overlays'))
   writer.flush()
   return results
@@ -356,77 +355,6 @@ def init_from_checkpoint(state: TrainState, abstract_state, config, vocab) -> Tr
   checkpointing.check_vocabulary(meta, vocab.fingerprint, len(vocab))
   logging.info('initialised from %s (step %d)', path, int(other.step))
   return state.replace(params=other.params, batch_stats=other.batch_stats)
-
-
-def write_example_overlays(predict_fn, variables, config, vocab, output_dir: str,
-                           per_kind: int = 1) -> list[str]:
-  """Overlays a person can look at: the first expressions of the eval split (for
-  refer_shapes, `per_kind` of each expression kind), segmented from the frames on disk."""
-  root = os.path.abspath(os.path.expanduser(config.data.root))
-  split = config.data.eval_split
-  meta = ytvos_layout.read_meta_expressions(ytvos_layout.meta_expressions_path(root, split))
-  kinds_path = os.path.join(os.path.dirname(ytvos_layout.meta_expressions_path(root, split)),
-                            'expression_kinds.json')
-  kinds = {}
-  if os.path.exists(kinds_path):
-    with open(kinds_path) as f:
-      kinds = json.load(f)['videos']
-  chosen, counts = [], {}
-  for video in sorted(meta):
-    for exp_id, exp in sorted(meta[video]['expressions'].items()):
-      kind = kinds.get(video, {}).get(exp_id, 'all')
-      if counts.get(kind, 0) < per_kind:
-        counts[kind] = counts.get(kind, 0) + 1
-        chosen.append((video, exp_id, exp['exp'], kind))
-  written = []
-  for video, exp_id, text, kind in chosen:
-    out = os.path.join(output_dir, f'{kind}_{video}_{exp_id}')
-    predict.predict_video(predict_fn, variables, config, vocab,
-                          os.path.join(root, split, 'JPEGImages', video), text, out)
-    written.append(out)
-  logging.info('wrote %d overlays under %s', len(written), output_dir)
-  return written
-
-
-def restore_for_inference(config: ml_collections.ConfigDict, workdir: str):
-  """(model, variables, vocab) of the latest checkpoint in workdir, strictly checked."""
-  workdir = os.path.abspath(workdir)
-  vocab_path = config.data.get('vocab_path') or os.path.join(workdir, 'vocab.txt')
-  if not os.path.exists(vocab_path):
-    raise FileNotFoundError(f'{vocab_path} does not exist: train in {workdir} first')
-  vocab = Vocabulary.load(vocab_path)
-  model = mlrl_sa.build_model(config.model, len(vocab))
-  mesh = sharding.make_mesh(config)
-  abstract_state, _ = abstract_train_state(config, model, make_optimizer(config), mesh)
-  manager = checkpointing.make_manager(workdir, max_to_keep=config.train.max_to_keep,
-                                       save_interval_steps=config.train.checkpoint_every)
-  restored = checkpointing.restore_latest(manager, abstract_state, config=config)
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints: train first')
-  state, meta = restored
-  checkpointing.check_vocabulary(meta, vocab.fingerprint, len(vocab))
-  logging.info('restored step %d from %s', int(state.step), workdir)
-  return model, state.variables(), vocab
-
-
-def evaluate_checkpoint(config, workdir: str, output_dir: str | None = None) -> dict[str, Any]:
-  """`--mode eval`: J, F, J&F, prec@X of the latest checkpoint on config.data.eval_split."""
-  model, variables, vocab = restore_for_inference(config, workdir)
-  builder = builders.prepare(config.data)
-  output_dir = output_dir or os.path.join(os.path.abspath(workdir), 'eval', 'latest')
-  results = evaluation.evaluate_model(predict.make_predict_fn(model), variables, config,
-                                      builder, vocab, output_dir)
-  print(evaluation.format_table(results))
-  return results
-
-
-def predict_checkpoint(config, workdir: str, *, video=None, expression=None,
-                       output_dir=None) -> dict[str, Any]:
-  """`--mode predict`: one video + expression (masks and overlays), or the eval split as a
-  submission zip."""
-  model, variables, vocab = restore_for_inference(config, workdir)
-  return predict.predict_main(config, workdir, variables=variables, vocab=vocab, model=model,
-                              video=video, expression=expression, output_dir=output_dir)
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def save_checkpoint(config, state, ckpt: str, out: str) -> None:
 
 
 def restore_checkpoint(config, ckpt: str, step: int | None = None):
-  """restore_for_inference's path: the abstract state of *this* mesh is the restore target."""
+  """inference.restore_for_inference's path: this mesh's abstract state is the target."""
   mesh = sharding.make_mesh(config)
   model = mlrl_sa.build_model(config.model, VOCAB_SIZE)
   abstract, _ = train.abstract_train_state(config, model, train.make_optimizer(config), mesh)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import refer_shapes
-from rvos_jax import checkpointing, train
+from rvos_jax import checkpointing, inference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,13 +69,13 @@ def test_eval_and_predict_restore_onto_one_device(trained, tmp_path):
   """The 8-device checkpoint restores in this 1-device process; eval and predict modes."""
   workdir, data_root, _ = trained
   config = smoke_config(data_root)
-  results = train.evaluate_checkpoint(config, str(workdir), output_dir=str(tmp_path / 'eval'))
+  results = inference.evaluate_checkpoint(config, str(workdir), output_dir=str(tmp_path / 'eval'))
   step1 = json.loads((workdir / 'eval' / 'step_1' / 'results.json').read_text())
   for key in ('J', 'F', 'J&F'):  # same parameters, same data: same numbers
     assert results['overall'][key] == pytest.approx(step1['overall'][key], abs=1e-6)
 
   video = sorted((data_root / 'valid' / 'JPEGImages').iterdir())[0]
-  out = train.predict_checkpoint(config, str(workdir), video=str(video),
+  out = inference.predict_checkpoint(config, str(workdir), video=str(video),
                                  expression='the red square moving left',
                                  output_dir=str(tmp_path / 'pred'))
   n = len(list(video.iterdir()))
@@ -84,8 +84,8 @@ def test_eval_and_predict_restore_onto_one_device(trained, tmp_path):
 
 
 def test_motion_probe_on_the_trained_checkpoint(trained):
-  """rvos_jax.motion_probe end to end: every level's embedding and map is measured."""
-  from rvos_jax import motion_probe  # noqa: PLC0415
+  """rvos_jax.analysis.motion_probe end to end: every level's embedding and map is measured."""
+  from rvos_jax.analysis import motion_probe  # noqa: PLC0415
   workdir, data_root, _ = trained
   result = motion_probe.probe(smoke_config(data_root), str(workdir), 'train')
   assert result['expressions'] >= 2
@@ -98,8 +98,8 @@ def test_motion_probe_on_the_trained_checkpoint(trained):
 
 
 def test_appearance_probe_on_the_trained_checkpoint(trained):
-  """rvos_jax.appearance_probe end to end: colour and shape from every level's embedding."""
-  from rvos_jax import appearance_probe, motion_probe  # noqa: PLC0415
+  """rvos_jax.analysis.appearance_probe end to end: colour and shape from every level."""
+  from rvos_jax.analysis import appearance_probe, motion_probe  # noqa: PLC0415
   workdir, data_root, _ = trained
   result = appearance_probe.probe(smoke_config(data_root), str(workdir), 'train')
   assert result['objects'] >= 4
@@ -116,7 +116,7 @@ def test_checkpoint_from_another_config_is_refused(trained):
   config = smoke_config(data_root)
   config.model.hidden_dim = 96
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r'model\.hidden_dim'):
-    train.restore_for_inference(config, str(workdir))
+    inference.restore_for_inference(config, str(workdir))
 
 
 def test_vocabulary_that_does_not_match_is_refused(trained, tmp_path):
@@ -127,12 +127,12 @@ def test_vocabulary_that_does_not_match_is_refused(trained, tmp_path):
   tokens[2], tokens[3] = tokens[3], tokens[2]
   (copy / 'vocab.txt').write_text('\n'.join(tokens))
   with pytest.raises(checkpointing.CheckpointMismatchError, match='vocab'):
-    train.restore_for_inference(smoke_config(data_root), str(copy))
+    inference.restore_for_inference(smoke_config(data_root), str(copy))
 
 
 def _final_params(workdir, data_root):
   config = smoke_config(data_root)
-  _, variables, _ = train.restore_for_inference(config, str(workdir))
+  _, variables, _ = inference.restore_for_inference(config, str(workdir))
   return jax.device_get(variables)
 
 
@@ -176,3 +176,13 @@ def test_sigkill_and_resume_gives_the_same_parameters(tmp_path):
   assert len(flat_a) == len(flat_b)
   for (path, x), (_, y) in zip(flat_a, flat_b, strict=True):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_training_and_inference_do_not_import_the_analysis_tools():
+  """rvos_jax.analysis (the probes, where masks land) is research tooling: training, inference
+  and main.py run without it."""
+  code = ('import sys, main, rvos_jax.train, rvos_jax.inference, rvos_jax.evaluation; '
+          'print(sorted(m for m in sys.modules if m.startswith("rvos_jax.analysis")))')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                        check=True)
+  assert proc.stdout.strip().splitlines()[-1] == '[]', proc.stdout

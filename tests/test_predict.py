@@ -280,20 +280,45 @@ def test_overlays(setup, tmp_path):
   np.testing.assert_array_equal(over[~masks], frames[~masks])
   assert (over[outline] == predict.OVERLAY_OUTLINE).all() and outline.any()
 
-  paths = predict.write_overlays(frames, masks, str(tmp_path))
+  # 48 x 64 frames are enlarged 5x (the short side reaches OVERLAY_MIN_SIDE = 240), each
+  # model pixel a 5 x 5 block; the caption sits above the frames.
+  big_frames, big_masks = predict.enlarge(frames, masks)
+  assert big_frames.shape == (7, 240, 320, 3)
+  np.testing.assert_array_equal(big_masks[:, ::5, ::5], masks)
+  np.testing.assert_array_equal(big_frames[:, 4::5, 4::5], frames)
+  text = 'the red square moving to the left of the blue circle'
+  rendered = predict.render_overlay(frames, masks, text)
+  banner = predict.caption(text, 320)
+  assert rendered.shape == (7, banner.shape[0] + 240, 320, 3)
+  np.testing.assert_array_equal(rendered[:, banner.shape[0]:],
+                                predict.overlay_frames(big_frames, big_masks))
+  np.testing.assert_array_equal(rendered[3, :banner.shape[0]], banner)
+  # The caption holds text (white pixels on the dark background), and other words draw
+  # other pixels; a long sentence wraps onto more lines instead of running off the frame.
+  assert (banner == 255).all(-1).sum() > 50
+  assert (banner == predict.CAPTION_BACKGROUND).all(-1).mean() > 0.5
+  assert not np.array_equal(predict.caption('the blue circle', 320)[:, :, 0],
+                            predict.caption('the red square', 320)[:, :, 0])
+  assert predict.caption(text * 3, 320).shape[0] > banner.shape[0]
+  assert predict.render_overlay(frames, masks).shape == (7, 240, 320, 3)
+
+  paths = predict.write_overlays(frames, masks, str(tmp_path), expression=text)
   assert set(paths) == {'gif', 'mp4'}
+  top = banner.shape[0]
   with Image.open(paths['gif']) as gif:
     assert gif.n_frames == 7
     for t in range(7):
       gif.seek(t)
       rgb = np.asarray(gif.convert('RGB')).astype(np.float32)
-      assert rgb.shape == (48, 64, 3)
+      assert rgb.shape == (top + 240, 320, 3)
+      rgb = rgb[top:]
       redness = rgb[..., 0] - rgb[..., 1]
-      assert redness[inside[t]].mean() > redness[~masks[t]].mean() + 40, t
+      inside_big, outside_big = predict.enlarge(frames, inside)[1][t], ~big_masks[t]
+      assert redness[inside_big].mean() > redness[outside_big].mean() + 40, t
       # Outside the mask the frame is unchanged, up to the GIF's 256-colour palette.
-      assert np.abs(rgb[~masks[t]] - frames[t][~masks[t]]).mean() < 12, t
+      assert np.abs(rgb[outside_big] - big_frames[t][outside_big]).mean() < 12, t
   mp4 = iio.imread(paths['mp4'], plugin='FFMPEG')
-  assert mp4.shape == (7, 48, 64, 3)
+  assert mp4.shape == (7, top + 240, 320, 3)
 
 
 def test_predict_main_one_video(setup, tmp_path):
