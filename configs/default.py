@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The heads read res2..res5 (Eq. 6, 12-13) down to this stride; 2 keeps res2 without the pool.
   model.decoder_finest_stride = 4
   # E and B from the heads' stride to H x W: 'bilinear', or 'subpixel' (ours: r x r logits per
-  # cell, for small frames; README, "The model").
+  # cell, for small frames; docs/model_choices.md).
   model.mask_upsample = 'bilinear'
   model.frozen_bn = True  # batch 2 per device is too small to train BatchNorm
   # Orbax checkpoint written by `python -m rvos_jax.port_resnet50` (ImageNet weights); '' = random.
@@ -44,10 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
   model.embedding_position = 'none'
   # Heads of the embeddings' self-attention: 1 as printed (Eq. 1-3); DETR / VisTR use 8.
   model.embedding_heads = 1
-  # Not in the paper: an odd k adds a k x 3 x 3 convolution over (t, y, x) before the
-  # video-level attention (models/embeddings.py: the attention alone pools look-alike content
-  # whichever way it moves); 0 = Eq. 1-3 as printed.
-  model.video_temporal_kernel = 0
   # Ours: 'rgb_diff' adds an RGB-difference stream to P before Eq. 1 (rvos_jax/models/motion.py).
   model.video_motion = 'none'
   # Ours: a velocity read linearly from the video-level embedding, trained by
@@ -57,9 +53,6 @@ def get_config() -> ml_collections.ConfigDict:
   # velocity (rvos_jax/models/alignment.py); needs velocity_head and text_pixel_head.
   model.velocity_match = False
   model.alignment = 'dsa'  # 'dsa' | 'none'
-  # Eq. 11: 'add' as printed, M = Linear(A S + P); 'multiply' adds A S * P (ours; see
-  # rvos_jax/models/alignment.py for why).
-  model.alignment_fusion = 'add'
   # Each of the three language Transformers (§3.2; depth and heads are not in the paper).
   model.text_layers = 2
   model.text_heads = 8

@@ -45,6 +45,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rvos_jax import sharding
+from rvos_jax.models import mlrl_sa
 
 CHECKPOINTS_DIR = 'checkpoints'
 STATE, META = 'state', 'meta'
@@ -57,12 +58,18 @@ REQUIRED_META_KEYS = ('config', 'data', 'vocab_sha256', 'vocab_size')
 INIT_ONLY_MODEL_KEYS = ('model.backbone_init', 'model.compute_dtype')
 # Keys added after checkpoints existed: absent from an older checkpoint, they read as the value
 # that reproduces what that checkpoint was trained with.
-LATER_MODEL_KEYS = {'model.alignment_fusion': 'add', 'model.embedding_position': 'none',
+LATER_MODEL_KEYS = {'model.embedding_position': 'none',
                     'model.embedding_heads': 1, 'model.text_pixel_head': False,
-                    'model.video_temporal_kernel': 0, 'model.backbone_stem_pool': True,
+                    'model.backbone_stem_pool': True,
                     'model.text_pixel_to_decoder': False, 'model.decoder_finest_stride': 4,
                     'model.mask_upsample': 'bilinear', 'model.video_motion': 'none',
                     'model.velocity_head': False, 'model.velocity_match': False}
+# Switches that existed and were removed (they measured nothing; docs/refer_shapes_experiments.md
+# keeps the finding), with the value that is what the network now always does. A checkpoint
+# saved with that value restores; one trained with the other value was a different network
+# (the product term of the alignment has no parameters of its own, so the arrays alone would
+# restore silently) and is refused.
+REMOVED_MODEL_KEYS = {f'model.{k}': v for k, v in mlrl_sa.REMOVED_SWITCHES.items()}
 META_FORMAT = 1
 
 
@@ -205,6 +212,12 @@ def check_model_config(meta: Mapping[str, Any], config: Any, *, path: str = '<ch
   diffs = []
   for key in sorted(set(a) | set(b)):
     if key in ignore:
+      continue
+    if key in REMOVED_MODEL_KEYS and key not in b:
+      if a[key] != REMOVED_MODEL_KEYS[key]:
+        diffs.append(f'  {key}: {a[key]!r} in the checkpoint, a switch this version no longer '
+                     f'has (it always runs {REMOVED_MODEL_KEYS[key]!r}; see '
+                     'docs/refer_shapes_experiments.md)')
       continue
     va, vb = a.get(key, LATER_MODEL_KEYS.get(key, missing)), b.get(key, missing)
     if va != vb:

@@ -189,17 +189,15 @@ def test_model_config_mismatch_names_key_values_and_path(tmp_path):
 
 
 def test_keys_added_later_read_as_what_older_checkpoints_were_trained_with():
-  # A checkpoint from before model.alignment_fusion / embedding_position / embedding_heads /
-  # text_pixel_head / video_temporal_kernel / backbone_stem_pool / text_pixel_to_decoder
-  # existed was trained with Eq. 1-4 and Eq. 11 as printed, without the text-to-pixel heads
-  # and with torchvision's stem: it resumes under those values, not others.
+  # A checkpoint from before model.embedding_position / embedding_heads / text_pixel_head /
+  # backbone_stem_pool / text_pixel_to_decoder / video_motion existed was trained with Eq. 1-4
+  # as printed, without the text-to-pixel heads and with torchvision's stem: it resumes under
+  # those values, not others.
   old = {'config': checkpointing.config_to_dict(make_config())}
   config = make_config()
-  config.model.alignment_fusion = 'add'
   config.model.embedding_position = 'none'
   config.model.embedding_heads = 1
   config.model.text_pixel_head = False
-  config.model.video_temporal_kernel = 0
   config.model.backbone_stem_pool = True
   config.model.text_pixel_to_decoder = False
   config.model.video_motion = 'none'
@@ -207,7 +205,6 @@ def test_keys_added_later_read_as_what_older_checkpoints_were_trained_with():
   for key, value, want in (('embedding_position', 'sine', "'none' in the checkpoint vs 'sine'"),
                            ('embedding_heads', 4, '1 in the checkpoint vs 4'),
                            ('text_pixel_head', True, 'False in the checkpoint vs True'),
-                           ('video_temporal_kernel', 3, '0 in the checkpoint vs 3'),
                            ('backbone_stem_pool', False, 'True in the checkpoint vs False'),
                            ('text_pixel_to_decoder', True, 'False in the checkpoint vs True'),
                            ('video_motion', 'rgb_diff', "'none' in the checkpoint vs 'rgb_diff'")):
@@ -215,6 +212,24 @@ def test_keys_added_later_read_as_what_older_checkpoints_were_trained_with():
     changed.model[key] = value
     with pytest.raises(checkpointing.CheckpointMismatchError, match=f'model.{key}: {want}'):
       checkpointing.check_model_config(old, changed)
+
+
+def test_removed_switches_restore_at_their_kept_value_and_refuse_the_other():
+  # model.alignment_fusion and model.video_temporal_kernel were removed: a checkpoint saved
+  # with 'add' / 0 (what the network always does now) restores; one trained with the product
+  # term or the 3-D convolution was another network and is refused, naming the key.
+  config = make_config()
+  saved = checkpointing.config_to_dict(config)
+  saved['model'].update(alignment_fusion='add', video_temporal_kernel=0)
+  checkpointing.check_model_config({'config': saved}, config)
+  for key, value in (('alignment_fusion', 'multiply'), ('video_temporal_kernel', 3)):
+    other = checkpointing.config_to_dict(config)
+    other['model'].update(alignment_fusion='add', video_temporal_kernel=0)
+    other['model'][key] = value
+    with pytest.raises(checkpointing.CheckpointMismatchError,
+                       match=f"model.{key}: {value!r} in the checkpoint, a switch this version "
+                             'no longer has'):
+      checkpointing.check_model_config({'config': other}, config)
 
 
 def test_shape_mismatch_names_leaves_and_shapes(tmp_path):

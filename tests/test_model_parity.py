@@ -159,10 +159,10 @@ def test_full_model_small():
 
 # Gradients for the variants whose parameters, or the module holding them, no other gradient
 # test reaches: SentenceFusion (w/o alignment), the FCN and the frame-level object encoders,
-# the temporal convolutions. (The JAX gradient is taken for every variant anyway, so these add
+# the sine positions. (The JAX gradient is taken for every variant anyway, so these add
 # only torch's backward and the comparison.)
 GRAD_VARIANTS = (dict(alignment='none'), dict(object_encoder='fcn'), dict(object_encoder='frame'),
-                 dict(video_temporal_kernel=3, embedding_position='sine'))
+                 dict(embedding_position='sine'))
 
 
 @pytest.mark.parametrize('switches', [
@@ -172,11 +172,9 @@ GRAD_VARIANTS = (dict(alignment='none'), dict(object_encoder='fcn'), dict(object
     dict(object_encoder='frame'),
     dict(object_encoder='fcn'),
     dict(alignment='none'),
-    dict(alignment_fusion='multiply'),
     dict(embedding_position='sine'),
     dict(embedding_heads=4, embedding_position='sine'),
     dict(embedding_heads=4, object_encoder='frame'),
-    dict(video_temporal_kernel=3, embedding_position='sine'),
     dict(backbone_output_stride=8),
     dict(backbone_output_stride=8, backbone_stem_pool=False),
     dict(backbone_output_stride=8, backbone_stem_pool=False, decoder_finest_stride=2),

@@ -26,19 +26,11 @@ class SemanticAlignment(nn.Module):
   Every location attends over the words only, so F_video and F_frame differ only in POS^V
   ('3d': VisTR's (t, y, x) encoding for F_video; '2d': (y, x) for F_frame).
 
-  fusion: 'add' is Eq. 11 as printed, M = Linear(S_hat + P). 'multiply' (ours, not the
-  paper's) adds a product term, M = Linear(S_hat + P + S_hat * P). Why: with 'add', language
-  and vision meet only additively, so where A^lang is nearly the same at every location (what
-  we measured on refer_shapes: ~0.95 of it on the last word at target, other objects and
-  background alike) the words add one vector to the whole map and cannot pick an object until
-  the decoder's nonlinearities. The product re-weights the visual channels per sentence (a
-  dynamic 1x1 filter, as in referring-segmentation models since DMN), so "red" can select the
-  red channels at the first layer. Measured on refer_shapes: no change (J&F 42.6 either way;
-  README, "The model, and where we had to choose" and "Results on refer_shapes").
+  Eq. 11 as printed: M = Linear(S_hat + P). (A product term S_hat * P, a dynamic 1x1 filter
+  as in DMN, was tried and changed nothing on refer_shapes: docs/refer_shapes_experiments.md.)
   """
 
   position: str = '3d'
-  fusion: str = 'add'
 
   @nn.compact
   def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array) -> jax.Array:
@@ -54,11 +46,7 @@ class SemanticAlignment(nn.Module):
     a_lang = jax.nn.softmax(logits, axis=-1)  # Eq. 10, padded words masked out
     # Eq. 11: A^lang multiplies the raw S (not S').
     s_hat = jnp.einsum('bthwn,bnc->bthwc', a_lang, s)
-    if self.fusion == 'add':
-      return nn.Dense(d, name='out')(s_hat + p)
-    if self.fusion == 'multiply':
-      return nn.Dense(d, name='out')(s_hat + p + s_hat * p)
-    raise ValueError(f"model.alignment_fusion must be 'add' or 'multiply', got {self.fusion!r}")
+    return nn.Dense(d, name='out')(s_hat + p)
 
 
 def mean_of_words(s: jax.Array, word_mask: jax.Array) -> jax.Array:

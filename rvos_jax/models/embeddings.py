@@ -13,12 +13,10 @@ attention (the same encodings as POS^V of Eq. 9). `position='none'` is Eq. 1-4 a
 
 Motion. Even with positions on the queries and keys, the attention's output is a weighted mean
 of content (the values): at a pixel of one of two look-alike objects, "the same object in the
-other frames" pools the same colour and shape whichever way the object moves, so the direction
-is in the attention weights only, and one softmax per head has to turn relative offsets into
-features. `temporal_kernel` (ours, 0 = as printed) adds a k x 3 x 3 convolution over (t, y, x)
-before the attention, P + Conv3D(P), as 3-D CNNs for action recognition do: a pixel then sees
-directly where its neighbourhood was one frame before and will be one frame after, which is
-what "moving to the left" means, and the attention spreads that over the object.
+other frames" pools the same colour and shape whichever way the object moves. What the
+refer_shapes config adds for that is an RGB-difference stream before Eq. 1-3
+(rvos_jax/models/motion.py); a 3 x 3 x 3 convolution on P here was tried first and did not help
+the masks (docs/refer_shapes_experiments.md).
 """
 
 from __future__ import annotations
@@ -72,34 +70,20 @@ class PixelSelfAttention(nn.Module):
     return out.reshape(x.shape) + x  # Eq. 3
 
 
-def _check_temporal_kernel(k: int) -> None:
-  if k < 0 or (k and k % 2 == 0):
-    raise ValueError(f'model.video_temporal_kernel must be 0 (off) or odd, got {k}')
-
-
 class VideoLevelEmbedding(nn.Module):
   """Eq. 1-3: one attention over all T*h*w pixels of the clip (long-temporal context).
 
   position: 'none' (as printed) or 'sine' (3-D (t, y, x) encoding on queries and keys).
-  temporal_kernel: 0 (as printed) or an odd k: P + Conv3D_{k x 3 x 3}(P) goes into the
-    attention instead of P (see the module docstring). Zero padding in time and space, as
-    torch's Conv3d(padding=(k // 2, 1, 1)).
   """
 
   position: str = 'none'
   heads: int = 1
-  temporal_kernel: int = 0
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
     chex.assert_rank(p, 5)
     _check_position(self.position)
-    _check_temporal_kernel(self.temporal_kernel)
     b, t, h, w, d = p.shape
-    if self.temporal_kernel:
-      k = self.temporal_kernel
-      p = p + nn.Conv(d, (k, 3, 3), padding=((k // 2, k // 2), (1, 1), (1, 1)),
-                      name='temporal_conv')(p)
     pos = None
     if self.position == 'sine':
       pos = jnp.asarray(position_encoding.sine_3d(t, h, w, d).reshape(t * h * w, d))
@@ -141,14 +125,11 @@ class ObjectEncoder(nn.Module):
   'fcn':   a plain fully-convolutional encoder, 3x3 conv - ReLU - 3x3 conv.
   position: the encoders' query/key position ('none' or 'sine'; see the module docstring).
   heads: the encoders' attention heads (1 as printed; see PixelSelfAttention).
-  temporal_kernel: the 'video' encoder's (t, y, x) convolution (0 = as printed; see
-    VideoLevelEmbedding); the 'frame' and 'fcn' encoders see one frame and ignore it.
   """
 
   kind: str = 'video'
   position: str = 'none'
   heads: int = 1
-  temporal_kernel: int = 0
 
   @nn.compact
   def __call__(self, p: jax.Array) -> jax.Array:
@@ -156,8 +137,7 @@ class ObjectEncoder(nn.Module):
     _check_position(self.position)  # also for 'fcn', which has no attention to give it to
     d = p.shape[-1]
     if self.kind == 'video':
-      x = conv3x3(d, 'conv')(VideoLevelEmbedding(self.position, self.heads, self.temporal_kernel,
-                                                 name='encoder')(p))
+      x = conv3x3(d, 'conv')(VideoLevelEmbedding(self.position, self.heads, name='encoder')(p))
     elif self.kind == 'frame':
       x = conv3x3(d, 'conv')(FrameLevelEmbedding(self.position, self.heads, name='encoder')(p))
     elif self.kind == 'fcn':

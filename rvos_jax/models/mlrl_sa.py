@@ -33,6 +33,9 @@ from rvos_jax.models.segmentation import (
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Switches that were tried, measured nothing and were removed (docs/refer_shapes_experiments.md
+# keeps the findings), with the value that is what the network always does now.
+REMOVED_SWITCHES = {'alignment_fusion': 'add', 'video_temporal_kernel': 0}
 
 
 class MLRLSA(nn.Module):
@@ -61,9 +64,6 @@ class MLRLSA(nn.Module):
       order) or 'sine' (DETR / VisTR: sine encodings on the embeddings' queries and keys).
     embedding_heads: attention heads of the video-, frame- and object-level embeddings (1 as
       printed; more as in DETR / VisTR, see embeddings.PixelSelfAttention).
-    video_temporal_kernel: ours, 0 = as printed: an odd k adds a k x 3 x 3 convolution over
-      (t, y, x) before the video-level attention (and the 'video' object encoder's), which
-      sees directly which way things move (embeddings.VideoLevelEmbedding).
     video_motion: ours, 'none' = as printed; 'rgb_diff' adds an RGB-difference stream of the
       frames to P before the video-level embedding (motion.RGBDifferenceStream).
     velocity_head: ours: a linear map from the video-level embedding to the velocity of the
@@ -72,7 +72,6 @@ class MLRLSA(nn.Module):
       expected motion against that velocity (alignment.TextPixelHead; needs velocity_head and
       text_pixel_head).
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
-    alignment_fusion: 'add' (Eq. 11) or 'multiply' (adds S_hat * P; see SemanticAlignment).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
     compute_dtype: 'float32', 'bfloat16' or 'float16': read by rvos_jax.precision.apply, which
       casts the variables and frames; the module itself follows its input's dtype.
@@ -100,12 +99,10 @@ class MLRLSA(nn.Module):
   object_encoder: str = 'video'
   embedding_position: str = 'none'
   embedding_heads: int = 1
-  video_temporal_kernel: int = 0
   video_motion: str = 'none'
   velocity_head: bool = False
   velocity_match: bool = False
   alignment: str = 'dsa'
-  alignment_fusion: str = 'add'
   text_layers: int = 2
   text_heads: int = 8
   text_ffn_dim: int = 1536
@@ -116,7 +113,7 @@ class MLRLSA(nn.Module):
 
   def _align(self, name: str, position: str):
     if self.alignment == 'dsa':
-      return SemanticAlignment(position=position, fusion=self.alignment_fusion, name=name)
+      return SemanticAlignment(position=position, name=name)
     if self.alignment == 'none':
       return SentenceFusion(name=name)
     raise ValueError(f"model.alignment must be 'dsa' or 'none', got {self.alignment!r}")
@@ -152,7 +149,6 @@ class MLRLSA(nn.Module):
       raise ValueError('MLRL-SA needs at least one of the video, frame and object levels.')
     d = self.hidden_dim
     position, heads = self.embedding_position, self.embedding_heads
-    temporal = self.video_temporal_kernel
 
     dtype = frames.dtype  # float32, or the compute dtype of rvos_jax.precision.apply
     x = (frames.reshape(b * t, height, width, 3) - jnp.asarray(IMAGENET_MEAN, dtype)
@@ -182,7 +178,7 @@ class MLRLSA(nn.Module):
         p_in = p + RGBDifferenceStream(d, strides['res5'], name='video_motion')(
             x.reshape(b, t, height, width, 3))
         chex.assert_equal_shape([p_in, p])
-      p_clip = VideoLevelEmbedding(position, heads, temporal, name='video_embedding')(p_in)
+      p_clip = VideoLevelEmbedding(position, heads, name='video_embedding')(p_in)
       p_video = per_expression(p_clip)  # Eq. 1-3
       if self.velocity_head:
         velocity = per_expression(nn.Dense(2, name='video_velocity')(p_clip))
@@ -199,7 +195,7 @@ class MLRLSA(nn.Module):
       if self.text_pixel_head:
         text_pixel.append(TextPixelHead(name='frame_text_pixel')(p_frame, s_frame, token_mask))
     if self.use_object_level:
-      p_object = ObjectEncoder(self.object_encoder, position, heads, temporal,
+      p_object = ObjectEncoder(self.object_encoder, position, heads,
                                name='object_encoder')(p)  # Eq. 5
       y = PyramidHead(self.decoder_dim, 1, pyramid, name='object_decoder')(
           p_object.reshape(b * t, h, w, d), feats)  # Eq. 6
@@ -245,6 +241,10 @@ class MLRLSA(nn.Module):
 def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLRLSA:
   """The network described by `config.model` (configs/default.py documents each key)."""
   c = model_config
+  for key, kept in REMOVED_SWITCHES.items():
+    if c.get(key, kept) != kept:
+      raise ValueError(f'model.{key}={c[key]!r}: this switch was removed (the network always '
+                       f'runs {kept!r}; docs/refer_shapes_experiments.md has what it measured)')
   return MLRLSA(
       vocab_size=vocab_size,
       hidden_dim=c.hidden_dim,
@@ -265,13 +265,10 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       embedding_position=c.get('embedding_position', 'none'),
       # Configs saved before these keys existed describe the paper's model.
       embedding_heads=c.get('embedding_heads', 1),
-      video_temporal_kernel=c.get('video_temporal_kernel', 0),
       video_motion=c.get('video_motion', 'none'),
       velocity_head=c.get('velocity_head', False),
       velocity_match=c.get('velocity_match', False),
       alignment=c.alignment,
-      # Configs saved before this key existed describe the paper's Eq. 11.
-      alignment_fusion=c.get('alignment_fusion', 'add'),
       text_layers=c.text_layers,
       text_heads=c.text_heads,
       text_ffn_dim=c.text_ffn_dim,

@@ -4,7 +4,8 @@ Why. Eq. 1-3 pool content: at a pixel of one of two look-alike objects, the atte
 is a weighted mean of the same colour and shape whichever way the object moves, so the
 direction lives in the attention weights only (embeddings.py). On refer_shapes neither the
 printed module, nor sine positions, nor four heads, nor a 3x3x3 convolution on the stride-8
-embedding made the final mask tell the twins apart (README, "Motion, level by level"): at
+embedding made the final mask tell the twins apart (docs/refer_shapes_experiments.md, "Motion,
+level by level"): at
 stride 8 an object is 1.5 cells wide and moves 0.2-0.9 of a cell between sampled frames.
 
 What. As TSN's RGB-difference modality (Wang et al., ECCV 2016) and the two-stream networks
@@ -24,7 +25,7 @@ at the end of a longer video can be.
 
 Velocity. The stream alone did not give the video-level embedding a direction: trained only by
 the referring losses, 1000 steps on refer_shapes left the direction of motion as undecodable
-from it as from one frame (rvos_jax.motion_probe: 0.22, chance 0.20), because the only
+from it as from one frame (rvos_jax.analysis.motion_probe: 0.22, chance 0.20), because the only
 gradient towards direction features comes from the few motion expressions, through a binding
 of words to features that do not exist yet. `model.velocity_head` (a linear map from the
 video-level embedding to (dx, dy) per cell) with `loss.velocity_weight` supervises them
@@ -41,7 +42,7 @@ from small weights at once. `model.velocity_match` adds to the video level's tex
 logit a 3-number query from the sentence against [v_x, v_y, |v|] at each cell
 (alignment.TextPixelHead). With it, `configs/refer_shapes.py:motion` (2000 steps) ranks the
 target first on 93% of the training motion expressions and reaches motion J 0.627 on valid
-(README, "Motion with the direction in the embedding").
+(docs/refer_shapes_experiments.md, "Motion with the direction in the embedding").
 """
 
 from __future__ import annotations

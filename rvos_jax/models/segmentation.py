@@ -95,7 +95,7 @@ class BoundaryAwareSegmentation(nn.Module):
   depth_to_space lays out as an r x r patch of full-resolution logits (ESPCN's sub-pixel
   convolution), cropped to H x W. Bilinear upsampling of stride-4 logits cannot draw a shape
   finer than about 4 pixels: on refer_shapes (objects of ~100 pixels) even the best stride-4
-  logit map, fitted to each ground-truth mask, upsamples to J 0.91 (README, "The model").
+  logit map, fitted to each ground-truth mask, upsamples to J 0.91 (docs/model_choices.md).
   """
 
   features: int

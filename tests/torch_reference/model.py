@@ -73,17 +73,12 @@ class PixelSelfAttention(nn.Module):
 
 
 class VideoLevelEmbedding(nn.Module):
-  def __init__(self, d, position='none', heads=1, temporal_kernel=0):
+  def __init__(self, d, position='none', heads=1):
     super().__init__()
     self.attn = PixelSelfAttention(d, heads)
     self.position = position
-    if temporal_kernel:
-      k = temporal_kernel
-      self.temporal_conv = nn.Conv3d(d, d, (k, 3, 3), padding=(k // 2, 1, 1))
 
   def forward(self, p):  # (B, T, d, h, w)
-    if hasattr(self, 'temporal_conv'):  # Conv3d wants (B, d, T, h, w)
-      p = p + self.temporal_conv(p.transpose(1, 2)).transpose(1, 2)
     b, t, d, h, w = p.shape
     seq = p.permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d)
     pos = None
@@ -114,11 +109,11 @@ def _per_frame(fn, x):  # apply a 2-D op to (B, T, C, h, w)
 
 
 class ObjectEncoder(nn.Module):
-  def __init__(self, d, kind, position='none', heads=1, temporal_kernel=0):
+  def __init__(self, d, kind, position='none', heads=1):
     super().__init__()
     self.kind = kind
     if kind == 'video':
-      self.encoder = VideoLevelEmbedding(d, position, heads, temporal_kernel)
+      self.encoder = VideoLevelEmbedding(d, position, heads)
     elif kind == 'frame':
       self.encoder = FrameLevelEmbedding(d, position, heads)
     else:
@@ -177,9 +172,9 @@ class LanguageEncoder(nn.Module):
 
 # ---------------------------------------------------------------- alignment (Eq. 9-11)
 class SemanticAlignment(nn.Module):
-  def __init__(self, d, position, fusion='add'):
+  def __init__(self, d, position):
     super().__init__()
-    self.position, self.fusion = position, fusion
+    self.position = position
     self.visual, self.language, self.out = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
 
   def forward(self, p, s, mask):  # p (B, T, d, h, w)
@@ -192,7 +187,7 @@ class SemanticAlignment(nn.Module):
     logits = p_prime @ s_prime.transpose(1, 2) / math.sqrt(d)
     logits = logits.masked_fill(~mask[:, None, :], MASK_VALUE)
     s_hat = torch.softmax(logits, -1) @ s
-    m = self.out(s_hat + seq + s_hat * seq if self.fusion == 'multiply' else s_hat + seq)
+    m = self.out(s_hat + seq)
     return m.reshape(b, t, h, w, d).permute(0, 1, 4, 2, 3)
 
 
@@ -318,9 +313,9 @@ class MLRLSA(nn.Module):
   def __init__(self, vocab_size, hidden_dim=384, decoder_dim=256, backbone_depth=50,
                backbone_width=1.0, backbone_output_stride=32, use_video_level=True,
                use_frame_level=True, use_object_level=True, object_encoder='video',
-               embedding_position='none', alignment='dsa', alignment_fusion='add',
+               embedding_position='none', alignment='dsa',
                text_layers=2, text_heads=8, text_ffn_dim=1536, embedding_heads=1,
-               text_pixel_head=False, video_temporal_kernel=0, backbone_stem_pool=True,
+               text_pixel_head=False, backbone_stem_pool=True,
                text_pixel_to_decoder=False, decoder_finest_stride=4,
                mask_upsample='bilinear', video_motion='none', velocity_head=False,
                velocity_match=False):
@@ -345,12 +340,11 @@ class MLRLSA(nn.Module):
     chans = {f'res{i + 2}': base * 2**i for i in range(4)}
     self.reduce = nn.Conv2d(chans['res5'], d, 1)
     self.word_embedding = nn.Embedding(vocab_size, d)
-    align = (lambda pos: SemanticAlignment(d, pos, alignment_fusion)) if alignment == 'dsa' else (
+    align = (lambda pos: SemanticAlignment(d, pos)) if alignment == 'dsa' else (
         lambda pos: SentenceFusion(d))
     lang = lambda: LanguageEncoder(d, text_layers, text_heads, text_ffn_dim)
     if 'video' in self.levels:
-      self.video_embedding = VideoLevelEmbedding(d, embedding_position, embedding_heads,
-                                                 video_temporal_kernel)
+      self.video_embedding = VideoLevelEmbedding(d, embedding_position, embedding_heads)
       if video_motion == 'rgb_diff':
         self.video_motion = RGBDifferenceStream(d, stride_of['res5'])
       if velocity_head:
@@ -360,8 +354,7 @@ class MLRLSA(nn.Module):
       self.frame_embedding = FrameLevelEmbedding(d, embedding_position, embedding_heads)
       self.frame_language, self.frame_alignment = lang(), align('2d')
     if 'object' in self.levels:
-      self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position, embedding_heads,
-                                          video_temporal_kernel)
+      self.object_encoder = ObjectEncoder(d, object_encoder, embedding_position, embedding_heads)
       self.object_decoder = PyramidHead(d, chans, c, 1, pyramid)
       self.object_language, self.object_alignment = lang(), align('2d')
     self.text_pixel_head = text_pixel_head
