@@ -466,13 +466,31 @@ def render_overlay(frames_uint8: np.ndarray, masks: np.ndarray, expression: str 
   return np.concatenate([np.broadcast_to(banner, (len(out), *banner.shape)), out], axis=1)
 
 
+def overlay_strip(frames_uint8: np.ndarray, masks: np.ndarray, expression: str | None = None,
+                  count: int = 4, gap: int = 4) -> np.ndarray:
+  """One still picture of a result: `count` evenly spaced frames of the overlay side by side
+  (white gaps), the expression once above them. uint8 (h, w, 3)."""
+  frames = render_overlay(frames_uint8, masks)
+  picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+  h, w = frames.shape[1:3]
+  strip = np.full((h, len(picks) * (w + gap) - gap, 3), 255, np.uint8)
+  for i, t in enumerate(picks):
+    strip[:, i * (w + gap):i * (w + gap) + w] = frames[t]
+  if expression is None:
+    return strip
+  return np.concatenate([caption(expression, strip.shape[1]), strip])
+
+
 def write_overlays(frames_uint8: np.ndarray, masks: np.ndarray, output_dir: str, *,
                    fps: float = DEFAULT_FPS, name: str = 'overlay',
                    expression: str | None = None) -> dict[str, str]:
   """<output_dir>/<name>.gif and, with imageio-ffmpeg, <name>.mp4 (render_overlay: enlarged
-  if small, with the expression as a caption when given); returns {'gif', 'mp4'}."""
+  if small, with the expression as a caption when given), and <name>_strip.png (overlay_strip:
+  four frames side by side, a still for a page); returns {'gif', 'mp4', 'strip'}."""
   frames = render_overlay(frames_uint8, masks, expression)
   paths = {'gif': write_gif(frames, os.path.join(output_dir, f'{name}.gif'), fps)}
+  paths['strip'] = os.path.join(output_dir, f'{name}_strip.png')
+  Image.fromarray(overlay_strip(frames_uint8, masks, expression)).save(paths['strip'])
   if _ffmpeg_available():
     paths['mp4'] = write_mp4(frames, os.path.join(output_dir, f'{name}.mp4'), fps)
   else:
@@ -605,6 +623,7 @@ def predict_video(predict_fn: PredictFn, variables, config: ml_collections.Confi
                   output_dir: str, *, fps: float | None = None) -> dict[str, Any]:
   """Segments one video file or frame folder; writes <output_dir>/masks/<frame>.png and the
   overlays. Returns {'masks': [png paths], 'gif': path, 'mp4': path (with imageio-ffmpeg),
+  'strip': a still of four frames,
   'num_frames': n}."""
   frames, names = read_video(video)
   masks = segment_video(predict_fn, variables, frames, expression, vocab, config, where=video)

@@ -302,8 +302,20 @@ def test_overlays(setup, tmp_path):
   assert predict.caption(text * 3, 320).shape[0] > banner.shape[0]
   assert predict.render_overlay(frames, masks).shape == (7, 240, 320, 3)
 
+  # The still: frames 0, 2, 4, 6 of the overlay side by side, 4 white pixels apart, the
+  # caption once above them.
+  strip = predict.overlay_strip(frames, masks, text)
+  top_strip = predict.caption(text, 4 * 320 + 3 * 4).shape[0]
+  assert strip.shape == (top_strip + 240, 4 * 320 + 3 * 4, 3)
+  big = predict.render_overlay(frames, masks)
+  for i, t in enumerate((0, 2, 4, 6)):
+    np.testing.assert_array_equal(strip[top_strip:, i * 324:i * 324 + 320], big[t])
+  assert (strip[top_strip:, 320:324] == 255).all()
+
   paths = predict.write_overlays(frames, masks, str(tmp_path), expression=text)
-  assert set(paths) == {'gif', 'mp4'}
+  assert set(paths) == {'gif', 'mp4', 'strip'}
+  with Image.open(paths['strip']) as still:
+    np.testing.assert_array_equal(np.asarray(still.convert('RGB')), strip)
   top = banner.shape[0]
   with Image.open(paths['gif']) as gif:
     assert gif.n_frames == 7
