@@ -5,7 +5,7 @@
 
 The argument is '<base>,<variant>' with base 'default' (the paper's setting), 'refer_shapes'
 (the embedded default), 'refer_shapes_long' (twice its steps: the budget at which the words
-start to steer the masks, README "Results on refer_shapes"), 'refer_shapes_motion' (`long` with
+start to steer the masks, docs/refer_shapes_experiments.md), 'refer_shapes_motion' (`long` with
 the direction supervised and matched: the budget at which motion is learned) or
 'refer_shapes_smoke' (its seconds-long smoke version, for tests of benchmarks/ablations.py), and
 variant one of VARIANTS.

@@ -9,10 +9,10 @@ evaluates and writes overlays in about 15 minutes on 2 CPU cores:
   python main.py --config configs/refer_shapes.py:motion ...  # long + velocity supervision
   python main.py --config configs/refer_shapes.py:smoke ...   # seconds: a tiny dataset, 2 steps
 
-Not the paper's (README, "The model"), each measured on refer_shapes: the text-to-pixel loss
+Not the paper's (docs/model_choices.md), each measured on refer_shapes: the text-to-pixel loss
 (CRIS), its maps fed to the mask heads, the stem without max-pool, sub-pixel masks and an
 RGB-difference stream into the video level (below). Where the
-quality is: README, "Results on refer_shapes". Runs differ a lot between seeds (the step at
+quality is: docs/refer_shapes_experiments.md. Runs differ a lot between seeds (the step at
 which the words start to steer the mask moves by hundreds of steps), so compare means of seeds.
 """
 
@@ -47,8 +47,8 @@ def get_config(arg: str | None = None):
   # backbone, the embeddings and the object decoder run once for both expressions
   # (train.model_inputs), so a step costs 1.25x one of 8 clips x 1 (0.625 s against 0.499 s)
   # for twice the expressions, and the same frames with two targets make masking every object
-  # cost. Measured in ~15 min (README): J&F 68.2 / 67.3 (seeds 0 / 1) at 1150 steps against
-  # 66.2 / 64.6 for 8 x 1 at 1400 steps.
+  # cost. Measured in ~15 min (docs/refer_shapes_experiments.md): J&F 68.2 / 67.3 (seeds 0 / 1)
+  # at 1150 steps against 66.2 / 64.6 for 8 x 1 at 1400 steps.
   data.batch_size = 16
   data.expressions_per_clip = 2
   data.eval_batch_size = 8
@@ -61,22 +61,23 @@ def get_config(arg: str | None = None):
   model.backbone_depth, model.backbone_width = 18, 0.25
   # 64x96 frames: res5 at stride 32 would be 2x3, coarser than the objects; stride 8 gives 8x12.
   model.backbone_output_stride = 8
-  # Not torchvision's stem: no max-pool, so res2..res4 keep twice the resolution (README, "The
-  # model"). With the pool the network learned colour and hardly shape (a linear readout of
-  # shape from P: 0.31 after 1500 steps, chance 0.16; rvos_jax.appearance_probe) and appearance
-  # masks hedged between same-colour objects; without it 0.47, and J&F 53.0 -> 61.6 at 1500
-  # steps (seed 0) for 17% more time per step.
+  # Not torchvision's stem: no max-pool, so res2..res4 keep twice the resolution
+  # (docs/model_choices.md). With the pool the network learned colour and hardly shape (a linear
+  # readout of shape from P: 0.31 after 1500 steps, chance 0.16;
+  # rvos_jax.analysis.appearance_probe) and appearance masks hedged between same-colour
+  # objects; without it 0.47, and J&F 53.0 -> 61.6 at 1500 steps (seed 0) for 17% more time
+  # per step.
   model.backbone_stem_pool = False
   # Trained from scratch on a batch of 8 x 6 frames: BatchNorm statistics can be learned.
   model.frozen_bn = False
   model.hidden_dim = 48
   model.decoder_dim = 32
   model.text_layers, model.text_heads, model.text_ffn_dim = 1, 4, 96
-  # Not the paper's (README, "The model"): CRIS's text-to-pixel loss on every level's
+  # Not the paper's (docs/model_choices.md): CRIS's text-to-pixel loss on every level's
   # embedding. Trained from scratch, the words start to steer the mask only after ~1000 steps;
   # this loss gives the embeddings and the language encoders a direct grounding signal.
   # Measured at 1500 steps, seeds 0 / 1: J&F 42.6 / 42.4 without, 49.7 / 47.2 with weight 1,
-  # 53.0 / 46.3 with weight 3 (README, "Results on refer_shapes").
+  # 53.0 / 46.3 with weight 3 (docs/refer_shapes_experiments.md).
   model.text_pixel_head = True
   config.loss.text_pixel_weight = 3.0
   # Not the paper's: those maps also feed the mask heads. Without it one seed's text-to-pixel
@@ -85,8 +86,9 @@ def get_config(arg: str | None = None):
   model.text_pixel_to_decoder = True
   # Not the paper's: sub-pixel masks (4 x 4 logits per stride-4 cell instead of a bilinear
   # upsampling). Objects here are ~100 pixels; the best stride-4 logit map a bilinear
-  # upsampling can turn into a mask reaches J 0.91 against the ground truth (README, "The
-  # model"). Seed 0 at 1100 steps: J&F 69.0 -> 70.2, prec@0.9 7.7 -> 14.8, same step time.
+  # upsampling can turn into a mask reaches J 0.91 against the ground truth
+  # (docs/model_choices.md). Seed 0 at 1100 steps: J&F 69.0 -> 70.2, prec@0.9 7.7 -> 14.8,
+  # same step time.
   model.mask_upsample = 'subpixel'
   # Not the paper's: an RGB-difference stream added to P before the video-level embedding
   # (rvos_jax/models/motion.py). Where the background is still, x_{t+1} - x_{t-1} is non-zero
@@ -101,7 +103,7 @@ def get_config(arg: str | None = None):
 
   train = config.train
   # 1.27-1.38 steps/s on this project's 2-core machine (its speed drifts): generation,
-  # training, evaluation and overlays in under 15 minutes on its slower days (README).
+  # training, evaluation and overlays in under 15 minutes on its slower days.
   train.num_steps = 1000
   train.log_every = 50
   train.eval_every = 0
@@ -113,7 +115,7 @@ def get_long_config():
   """Twice the default's steps (same schedule shape, stretched): ~30 min on 2 CPU cores.
 
   Before the stem and decoder changes of the default, the extra steps bought more than any
-  width, learning rate or fusion did (README, "Results on refer_shapes").
+  width, learning rate or fusion did (docs/refer_shapes_experiments.md).
   """
   config = get_config()
   config.train.num_steps *= 2  # 2000
@@ -125,7 +127,7 @@ def get_motion_config():
   rvos_jax/models/motion.py): ~27 min on 2 CPU cores. Seeds 0 / 1 / 2: motion J 0.627 / 0.660
   / 0.817 (seed 0's masks 65% on the target, 26% on its look-alike twin; the default hedges at
   0.43, and so does the frame-only control at this budget, 0.452), J&F 73.6 / 76.3 / 75.8
-  (README, "Motion at the `:motion` budget"). At the default's 1000 steps these terms cost
+  (docs/motion.md). At the default's 1000 steps these terms cost
   more than they give (J&F 56.5): the words bind to the velocity only after ~1000 steps.
   """
   config = get_long_config()

@@ -63,6 +63,7 @@ def test_train_and_evaluate_on_8_devices(trained):
   assert list(workdir.glob('events.out.tfevents.*')), 'TensorBoard event file'
   overlays = sorted((workdir / 'overlays').iterdir())
   assert overlays and all((o / 'overlay.gif').exists() for o in overlays)
+  assert all((o / 'overlay_strip.png').exists() for o in overlays)
 
 
 def test_eval_and_predict_restore_onto_one_device(trained, tmp_path):
@@ -76,11 +77,12 @@ def test_eval_and_predict_restore_onto_one_device(trained, tmp_path):
 
   video = sorted((data_root / 'valid' / 'JPEGImages').iterdir())[0]
   out = inference.predict_checkpoint(config, str(workdir), video=str(video),
-                                 expression='the red square moving left',
-                                 output_dir=str(tmp_path / 'pred'))
+                                     expression='the red square moving left',
+                                     output_dir=str(tmp_path / 'pred'))
   n = len(list(video.iterdir()))
   assert out['num_frames'] == n and len(list((tmp_path / 'pred' / 'masks').iterdir())) == n
   assert (tmp_path / 'pred' / 'overlay.gif').exists()
+  assert (tmp_path / 'pred' / 'overlay_strip.png').exists()
 
 
 def test_motion_probe_on_the_trained_checkpoint(trained):
