@@ -169,14 +169,35 @@ def _read(path: str, what: str, video: str) -> bytes:
     raise BadSampleError(f'video {video!r}: missing {what} file {path}') from None
 
 
+TRAIN_SPLIT = 'train'
+
+
+def split_is_scored(root: str, split: str, videos: Mapping | None = None) -> bool:
+  """Whether `split` has ground truth here: an Annotations/ folder, and obj_ids in its
+  meta_expressions.json. A split with Annotations/ whose expressions carry no obj_id at all
+  (YouTube-VOS's semi-supervised release ships first-frame masks there, while
+  Refer-YouTube-VOS valid publishes its expressions without obj_id) is not: its masks say
+  nothing about which object an expression means. `videos`: the split's meta_expressions
+  'videos', if already read."""
+  if not os.path.isdir(os.path.join(root, split, 'Annotations')):
+    return False
+  if videos is None:
+    videos = read_meta_expressions(meta_expressions_path(root, split))
+  return any('obj_id' in exp for entry in videos.values()
+             for exp in entry.get('expressions', {}).values())
+
+
 def load_video(root: str, split: str, video: str, entry: Mapping, *, verify_jpeg: bool = True,
-               skip_bad_samples: bool = False, counts: Counter | None = None) -> dict:
+               skip_bad_samples: bool = False, counts: Counter | None = None,
+               read_masks: bool | None = None) -> dict:
   """Reads one video into a record (see builders.FEATURES). Raises BadSampleError for a bad
-  video; a bad expression raises too, or with skip_bad_samples is dropped and counted."""
+  video; a bad expression raises too, or with skip_bad_samples is dropped and counted.
+  read_masks: read Annotations/ and check each obj_id against them (default: when the folder
+  exists; iter_split passes split_is_scored)."""
   counts = Counter() if counts is None else counts
   img_dir = os.path.join(root, split, 'JPEGImages', video)
   ann_root = os.path.join(root, split, 'Annotations')
-  has_masks = os.path.isdir(ann_root)
+  has_masks = os.path.isdir(ann_root) if read_masks is None else read_masks
   frame_names = entry.get('frames')
   if frame_names is None:
     if not os.path.isdir(img_dir):
@@ -246,13 +267,25 @@ def load_video(root: str, split: str, video: str, entry: Mapping, *, verify_jpeg
 
 def iter_split(root: str, split: str, *, verify_jpeg: bool = True,
                skip_bad_samples: bool = False) -> Iterator[tuple[str, dict]]:
-  """Yields (video, record) for every usable video of a split, in sorted video order."""
+  """Yields (video, record) for every usable video of a split, in sorted video order.
+
+  A split other than the training split that has Annotations/ but no obj_id on any expression
+  is unscored (split_is_scored): its masks are not read, and this is said once. The training
+  split needs its targets: there every expression without an obj_id is a bad sample."""
   videos = read_meta_expressions(meta_expressions_path(root, split))
+  read_masks = os.path.isdir(os.path.join(root, split, 'Annotations'))
+  if read_masks and split != TRAIN_SPLIT and not split_is_scored(root, split, videos):
+    logging.warning('split %r: %s exists but no expression in %s has an obj_id, so the split '
+                    'is unscored: it is predicted (and zipped for a server), not evaluated',
+                    split, os.path.join(root, split, 'Annotations'),
+                    meta_expressions_path(root, split))
+    read_masks = False
   counts = Counter()
   for video in sorted(videos):
     try:
       record = load_video(root, split, video, videos[video], verify_jpeg=verify_jpeg,
-                          skip_bad_samples=skip_bad_samples, counts=counts)
+                          skip_bad_samples=skip_bad_samples, counts=counts,
+                          read_masks=read_masks)
     except BadSampleError as e:
       if not skip_bad_samples:
         raise

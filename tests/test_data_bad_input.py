@@ -91,6 +91,40 @@ def test_obj_id_absent_from_every_mask(layout, caplog):
   assert got['train_00000']['expressions']['exp_id'] == sorted(set(meta) - {'0'})
 
 
+def _drop_obj_ids(root, split):
+  path = ytvos_layout.meta_expressions_path(root, split)
+  with open(path) as f:
+    meta = json.load(f)
+  for entry in meta['videos'].values():
+    for exp in entry['expressions'].values():
+      del exp['obj_id']
+  with open(path, 'w') as f:
+    json.dump(meta, f)
+
+
+def test_annotations_without_obj_ids_unscored_in_valid_an_error_in_train(tmp_path, caplog):
+  """YouTube-VOS ships first-frame masks in valid/Annotations while Refer-YouTube-VOS valid
+  publishes no obj_id: such a valid split is read as unscored (said once, no masks read), so
+  training does not depend on it; the training split still needs every obj_id."""
+  root = make_layout(tmp_path / 'rs', num_valid_videos=2)
+  assert ytvos_layout.split_is_scored(root, 'valid')
+  _drop_obj_ids(root, 'valid')
+  assert os.path.isdir(os.path.join(root, 'valid', 'Annotations'))
+  assert not ytvos_layout.split_is_scored(root, 'valid')
+  with caplog.at_level(logging.WARNING):
+    valid = dict(ytvos_layout.iter_split(root, 'valid'))
+  assert len(valid) == 2 and all(not r['masks'] for r in valid.values())
+  assert all(set(r['expressions']['obj_id']) == {0} for r in valid.values())
+  assert caplog.text.count('is unscored') == 1, caplog.text
+  # Built into records beside a scored train split, as the training run does.
+  builder = builders.prepare(tiny_config(root))
+  assert builders.expressions_of(builder, 'valid')
+  _drop_obj_ids(root, 'train')
+  with pytest.raises(BadSampleError, match=r"video 'train_00000' expression '0': no obj_id "
+                                           r'although the split has Annotations'):
+    _read(root)
+
+
 def test_empty_expression(layout, caplog):
   _edit_meta(layout, lambda m: m['videos']['train_00001']['expressions']['1'].update(exp='  '))
   with pytest.raises(BadSampleError, match=r"video 'train_00001' expression '1': empty"):

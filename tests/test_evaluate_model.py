@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -81,5 +82,21 @@ def test_evaluate_model_needs_ground_truth(setup, tmp_path):
   config = s.config.copy_and_resolve_references()
   config.data.root = str(tmp_path)
   with pytest.raises(evaluation.EvaluationError, match='has no ground truth'):
+    evaluation.evaluate_model(s.predict_fn, s.variables, config, s.builder, s.vocab,
+                              str(tmp_path / 'out'))
+  # Annotations/ present but no obj_id in meta_expressions.json (YouTube-VOS's first-frame
+  # masks beside Refer-YouTube-VOS valid's expressions): nothing to score against either.
+  root = tmp_path / 'copy'
+  shutil.copytree(os.path.join(s.config.data.root, 'valid'), root / 'valid')
+  meta_path = root / 'meta_expressions' / 'valid' / 'meta_expressions.json'
+  meta = json.loads(open(os.path.join(s.config.data.root, 'meta_expressions', 'valid',
+                                      'meta_expressions.json')).read())
+  for entry in meta['videos'].values():
+    for exp in entry['expressions'].values():
+      del exp['obj_id']
+  meta_path.parent.mkdir(parents=True)
+  meta_path.write_text(json.dumps(meta))
+  config.data.root = str(root)
+  with pytest.raises(evaluation.EvaluationError, match='gives no obj_id'):
     evaluation.evaluate_model(s.predict_fn, s.variables, config, s.builder, s.vocab,
                               str(tmp_path / 'out'))
