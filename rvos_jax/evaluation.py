@@ -19,6 +19,7 @@ for a model that segments the right objects the two agree, otherwise ours is the
 
   python -m rvos_jax.evaluation --predictions DIR --annotations DIR \
       --meta_expressions FILE [--output_json FILE] [--annotator_average] [--missing_as_empty]
+  python -m rvos_jax.evaluation --predictions DIR --mevis_split mevis/valid_u   # MeViS
 """
 
 import json
@@ -262,6 +263,96 @@ def evaluate_folder(predictions: str, annotations: str, meta_expressions: str, *
   return results
 
 
+def _target_group(num_objects: int) -> str:
+  return {0: 'no target', 1: 'one object'}.get(num_objects, 'several objects')
+
+
+def evaluate_mevis_folder(predictions: str, split: str, *,
+                          bound_th: float = metrics.DEFAULT_BOUND_TH,
+                          thresholds: Sequence[float] = metrics.PREC_THRESHOLDS) -> dict:
+  """Scores <predictions>/<video>/<exp_id>/<frame>.png against a MeViS split folder (its
+  meta_expressions.json and mask_dict.json; data_pipelines.mevis_layout), as MeViS's offline
+  script for valid_u defines it: per expression, the target in each frame listed in "frames"
+  is the union of its anno_ids' masks (empty without anno_id); J and F are averaged over all
+  those frames (an empty prediction of an empty target scores 1 on both); J and F overall are
+  the means over expressions and J&F their mean. An expression without a prediction folder
+  scores J = F = 0, as in the official script; a missing frame inside a folder is an error.
+  Also reported: per video, and per target ('no target', 'one object', 'several objects').
+  """
+  from data_pipelines import mevis_layout  # noqa: PLC0415 -- pycocotools only for MeViS
+
+  meta_path = os.path.join(split, mevis_layout.META_EXPRESSIONS)
+  mask_path = os.path.join(split, mevis_layout.MASK_DICT)
+  try:
+    videos = mevis_layout.read_meta_expressions(meta_path)
+    mask_dict = mevis_layout.read_mask_dict(mask_path)
+  except mevis_layout.MevisFormatError as err:
+    raise EvaluationError(str(err)) from None
+  per_expression, per_video, missing, groups = {}, {}, [], {}
+  num_frames = 0
+  for video in sorted(videos):
+    entry = videos[video]
+    video_scores = {}
+    for exp_id in sorted(entry['expressions'], key=lambda e: (len(e), e)):
+      exp = entry['expressions'][exp_id]
+      exp_dir = os.path.join(predictions, video, exp_id)
+      n = len(entry['frames'])
+      if not os.path.isdir(exp_dir):
+        missing.append(exp_dir)
+        scores = {'J': 0.0, 'F': 0.0, 'J&F': 0.0, 'num_frames': n}
+      else:
+        preds = []
+        for frame in entry['frames']:
+          path = os.path.join(exp_dir, frame + '.png')
+          if not os.path.exists(path):
+            raise EvaluationError(f'missing prediction for video {video!r} expression '
+                                  f'{exp_id!r} frame {frame!r}: {path} does not exist')
+          preds.append(read_prediction(path))
+        # The frame size is the prediction's (as the official script takes it); an RLE of
+        # another size is an error naming it.
+        size = preds[0].shape if preds else None
+        try:
+          target = mevis_layout.expression_target(mask_dict, video, exp_id, exp['anno_id'], n,
+                                                  size, where=mask_path)
+        except mevis_layout.MevisFormatError as err:
+          raise EvaluationError(f'{err} (predictions: {exp_dir})') from None
+        for frame, pred in zip(entry['frames'], preds, strict=True):
+          if pred.shape != target.shape[1:]:
+            raise EvaluationError(f'size mismatch: {os.path.join(exp_dir, frame + ".png")} is '
+                                  f'{pred.shape} (HxW), the expression\'s other frames '
+                                  f'{target.shape[1:]}')
+        j = metrics.region_similarity_frames(np.stack(preds), target)
+        f = metrics.boundary_f_measure_frames(np.stack(preds), target, bound_th)
+        scores = metrics.expression_scores(j, f)
+      group = _target_group(len(exp['anno_id']))
+      scores.update(exp=exp['exp'], obj_id=exp['obj_id'], target=group)
+      groups.setdefault(group, []).append(scores)
+      num_frames += scores['num_frames']
+      video_scores[exp_id] = scores
+    if video_scores:
+      per_expression[video] = video_scores
+      per_video[video] = metrics.aggregate(video_scores, thresholds)
+  if missing:
+    logging.warning('%d expressions have no prediction folder and score 0, e.g. %s',
+                    len(missing), missing[0])
+  all_scores = {(v, e): s for v, ss in per_expression.items() for e, s in ss.items()}
+  overall = metrics.aggregate(all_scores, thresholds)
+  overall['num_frames'] = num_frames
+  return {
+      'overall': overall,
+      'per_video': per_video,
+      'per_expression': per_expression,
+      'per_target': {name: metrics.summarize([s['J'] for s in ss], [s['F'] for s in ss],
+                                             thresholds) for name, ss in sorted(groups.items())},
+      'skipped_expressions': [],
+      'num_missing_predictions': len(missing),
+      'missing_note': 'expressions without a prediction folder scored 0 (MeViS rule)',
+      'settings': {'predictions': os.path.abspath(predictions), 'layout': 'mevis',
+                   'split': os.path.abspath(split), 'bound_th': bound_th,
+                   'prec_thresholds': list(thresholds)},
+  }
+
+
 # ------------------------------------------------------------------------------------------------
 # Output.
 # ------------------------------------------------------------------------------------------------
@@ -301,6 +392,8 @@ def format_table(results: dict) -> str:
     sections.append(('expression type', results['per_expression_type']))
   if 'per_kind' in results:
     sections.append(('expression kind', results['per_kind']))
+  if 'per_target' in results:
+    sections.append(('target', results['per_target']))
   sections.append(('video', results['per_video']))
 
   width = max([len(name) for _, rows in sections for name in rows] + [len('overall')])
@@ -313,9 +406,10 @@ def format_table(results: dict) -> str:
                    + f' {row.get("num_expressions", 0):>6}')
     lines.append('')
   overall = results['overall']
+  missing = results.get('missing_note', 'missing predictions scored as empty')
   lines.append(f'{overall["num_expressions"]} expressions, {overall["num_frames"]} annotated '
                f'frames scored; {len(results["skipped_expressions"])} expressions skipped; '
-               f'{results["num_missing_predictions"]} missing predictions scored as empty.')
+               f'{results["num_missing_predictions"]} {missing}.')
   return '\n'.join(lines)
 
 
@@ -344,11 +438,12 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
   root = os.path.abspath(os.path.expanduser(data_config.root))
   annotations = os.path.join(root, split, 'Annotations')
   meta = os.path.join(root, 'meta_expressions', split, 'meta_expressions.json')
-  if not os.path.isdir(annotations):
-    raise EvaluationError(f'split {split!r} has no ground truth ({annotations} does not exist): '
-                          'it can only be predicted (--mode predict) and scored by its server')
-  if not os.path.exists(meta):
+  if os.path.isdir(annotations) and not os.path.exists(meta):
     raise EvaluationError(f'no meta_expressions for split {split!r}: {meta}')
+  if not ytvos_layout.split_is_scored(root, split):
+    raise EvaluationError(f'split {split!r} has no ground truth here ({annotations} is missing, '
+                          f'or {meta} gives no obj_id): it can only be predicted (--mode '
+                          'predict) and scored by its server')
   evaluate_kwargs.setdefault('annotator_average', data_config.get('name') == 'refer_davis17')
   predict.predict_split(predict_fn, variables, data_config, builder, vocab, output_dir,
                         split=split)
@@ -374,8 +469,12 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
 def define_flags() -> None:
   """CLI flags; defined only when run as a script, so importing this module adds no flags."""
   flags.DEFINE_string('predictions', None, '<predictions>/<video>/<exp_id>/<frame>.png folder.')
-  flags.DEFINE_string('annotations', None, '<annotations>/<video>/<frame>.png folder.')
-  flags.DEFINE_string('meta_expressions', None, 'meta_expressions.json.')
+  flags.DEFINE_string('annotations', None, 'Refer-YouTube-VOS layout: '
+                      '<annotations>/<video>/<frame>.png folder.')
+  flags.DEFINE_string('meta_expressions', None, 'meta_expressions.json. Beside a '
+                      'mask_dict.json and without --annotations: a MeViS split (valid_u).')
+  flags.DEFINE_string('mevis_split', None, 'MeViS: the split folder holding '
+                      'meta_expressions.json and mask_dict.json (e.g. mevis/valid_u).')
   flags.DEFINE_string('output_json', None, 'Write the results JSON here.')
   flags.DEFINE_bool('annotator_average', False,
                     'Ref-DAVIS17: exp ids 4k..4k+3 = annotator 1 first/full, annotator 2 '
@@ -385,18 +484,37 @@ def define_flags() -> None:
                     'instead of failing.')
   flags.DEFINE_float('bound_th', metrics.DEFAULT_BOUND_TH,
                      'F boundary tolerance: fraction of the image diagonal (<1) or pixels (>=1).')
-  flags.mark_flags_as_required(['predictions', 'annotations', 'meta_expressions'])
+  flags.mark_flags_as_required(['predictions'])
+
+
+def _mevis_split(f) -> str | None:
+  """The MeViS split folder the flags name (--mevis_split, or --meta_expressions beside a
+  mask_dict.json with no --annotations), or None for the Refer-YouTube-VOS layout."""
+  if f.mevis_split:
+    return f.mevis_split
+  if f.meta_expressions and not f.annotations:
+    split = os.path.dirname(os.path.abspath(f.meta_expressions))
+    if os.path.exists(os.path.join(split, 'mask_dict.json')):
+      return split
+  return None
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  mevis = _mevis_split(f)
+  if mevis is None and not (f.annotations and f.meta_expressions):
+    raise app.UsageError('give --annotations and --meta_expressions (Refer-YouTube-VOS '
+                         'layout), or --mevis_split (MeViS)')
   try:
-    results = evaluate_folder(
-        f.predictions, f.annotations, f.meta_expressions,
-        annotator_average=f.annotator_average, missing_as_empty=f.missing_as_empty,
-        bound_th=f.bound_th)
+    if mevis is not None:
+      results = evaluate_mevis_folder(f.predictions, mevis, bound_th=f.bound_th)
+    else:
+      results = evaluate_folder(
+          f.predictions, f.annotations, f.meta_expressions,
+          annotator_average=f.annotator_average, missing_as_empty=f.missing_as_empty,
+          bound_th=f.bound_th)
   except EvaluationError as err:
     sys.exit(f'error: {err}')
   print(format_table(results))
