@@ -461,6 +461,29 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
   return results
 
 
+_SAID_UNSCORED = set()
+
+
+def evaluate_or_predict(predict_fn, variables, config, builder, vocab, output_dir: str) -> dict:
+  """evaluate_model where config.data.eval_split has ground truth here; otherwise (its
+  valid split published without it) the predictions and <output_dir>/submission.zip, said
+  once per split, and {}: training never depends on the eval split being scorable."""
+  from rvos_jax import predict  # noqa: PLC0415 -- keeps the scorer CLI free of JAX.
+
+  data_config = config.data if 'data' in config else config
+  root = os.path.abspath(os.path.expanduser(data_config.root))
+  split = data_config.eval_split
+  if ytvos_layout.split_is_scored(root, split):
+    return evaluate_model(predict_fn, variables, config, builder, vocab, output_dir)
+  if (root, split) not in _SAID_UNSCORED:
+    _SAID_UNSCORED.add((root, split))
+    logging.warning('eval split %r of %s has no ground truth here: evaluation writes its '
+                    'predictions and submission.zip instead of scores', split, root)
+  predict.predict_split(predict_fn, variables, data_config, builder, vocab, output_dir,
+                        split=split, zip_path=os.path.join(output_dir, 'submission.zip'))
+  return {}
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI.
 # ------------------------------------------------------------------------------------------------

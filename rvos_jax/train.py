@@ -24,7 +24,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from data_pipelines import builders, pipelines, ytvos_layout
+from data_pipelines import builders, pipelines
 from data_pipelines.vocabulary import Vocabulary
 from rvos_jax import checkpointing, evaluation, losses, porting, precision, predict, sharding
 from rvos_jax.models import mlrl_sa
@@ -291,24 +291,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             'data': {'seed': config.data.seed, 'batches_per_process': step,
                      'batch_size': config.data.batch_size}}
 
-  scored = None
-
   def run_eval(step):
-    nonlocal scored
     out_dir = os.path.join(workdir, 'eval', f'step_{step}')
-    if scored is None:
-      root = os.path.abspath(os.path.expanduser(config.data.root))
-      scored = ytvos_layout.split_is_scored(root, config.data.eval_split)
-      if not scored:
-        logging.warning('eval split %r has no ground truth here: each evaluation writes its '
-                        'predictions and submission.zip instead of scores',
-                        config.data.eval_split)
-    if not scored:
-      predict.predict_split(predict_fn, state.variables(), config, builder, vocab, out_dir,
-                            zip_path=os.path.join(out_dir, 'submission.zip'))
-      return {}
-    results = evaluation.evaluate_model(predict_fn, state.variables(), config, builder, vocab,
-                                        out_dir)
+    results = evaluation.evaluate_or_predict(predict_fn, state.variables(), config, builder,
+                                             vocab, out_dir)
+    if not results:
+      return results
     overall = results['overall']
     writer.write_scalars(step, {f'eval/{k}': v for k, v in overall.items()
                                 if isinstance(v, (int, float))})

@@ -1,6 +1,7 @@
 """evaluation.evaluate_model: predict a split, score it, write the results (wiring checks)."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -77,15 +78,8 @@ def test_evaluate_model_tiny(setup, tmp_path):
   assert '== expression kind ==' in table and all(k in table for k in kinds)
 
 
-def test_evaluate_model_needs_ground_truth(setup, tmp_path):
-  s = setup
-  config = s.config.copy_and_resolve_references()
-  config.data.root = str(tmp_path)
-  with pytest.raises(evaluation.EvaluationError, match='has no ground truth'):
-    evaluation.evaluate_model(s.predict_fn, s.variables, config, s.builder, s.vocab,
-                              str(tmp_path / 'out'))
-  # Annotations/ present but no obj_id in meta_expressions.json (YouTube-VOS's first-frame
-  # masks beside Refer-YouTube-VOS valid's expressions): nothing to score against either.
+def _unscored_copy(s, tmp_path):
+  """The setup's valid split with Annotations/ but its expressions' obj_ids removed."""
   root = tmp_path / 'copy'
   shutil.copytree(os.path.join(s.config.data.root, 'valid'), root / 'valid')
   meta_path = root / 'meta_expressions' / 'valid' / 'meta_expressions.json'
@@ -96,7 +90,38 @@ def test_evaluate_model_needs_ground_truth(setup, tmp_path):
       del exp['obj_id']
   meta_path.parent.mkdir(parents=True)
   meta_path.write_text(json.dumps(meta))
-  config.data.root = str(root)
+  return str(root)
+
+
+def test_evaluate_or_predict_an_unscored_split(setup, tmp_path, caplog):
+  """What training's periodic and final evaluation call: scores where the split has ground
+  truth, and otherwise the predictions and the submission zip (said once), no error."""
+  s = setup
+  scored = evaluation.evaluate_or_predict(s.predict_fn, s.variables, s.config, s.builder,
+                                          s.vocab, str(tmp_path / 'scored'))
+  assert 0 <= scored['overall']['J&F'] <= 1
+  config = s.config.copy_and_resolve_references()
+  config.data.root = _unscored_copy(s, tmp_path)
+  with caplog.at_level(logging.WARNING):
+    for i in range(2):
+      out = tmp_path / f'unscored_{i}'
+      assert evaluation.evaluate_or_predict(s.predict_fn, s.variables, config, s.builder,
+                                            s.vocab, str(out)) == {}
+      assert (out / 'submission.zip').exists() and any((out / 'Annotations').iterdir())
+      assert not (out / evaluation.RESULTS_JSON).exists()
+  assert caplog.text.count('has no ground truth here') == 1, caplog.text
+
+
+def test_evaluate_model_needs_ground_truth(setup, tmp_path):
+  s = setup
+  config = s.config.copy_and_resolve_references()
+  config.data.root = str(tmp_path)
+  with pytest.raises(evaluation.EvaluationError, match='has no ground truth'):
+    evaluation.evaluate_model(s.predict_fn, s.variables, config, s.builder, s.vocab,
+                              str(tmp_path / 'out'))
+  # Annotations/ present but no obj_id in meta_expressions.json (YouTube-VOS's first-frame
+  # masks beside Refer-YouTube-VOS valid's expressions): nothing to score against either.
+  config.data.root = _unscored_copy(s, tmp_path)
   with pytest.raises(evaluation.EvaluationError, match='gives no obj_id'):
     evaluation.evaluate_model(s.predict_fn, s.variables, config, s.builder, s.vocab,
                               str(tmp_path / 'out'))
