@@ -1,4 +1,12 @@
-"""The "parity figures" table at the end of a pytest run.
+"""The "parity figures" table at the end of a pytest run, and a compilation cache for the run.
+
+Compilation cache: many tests (and the main.py / benchmark subprocesses they start) compile the
+same programs, the smoke model's steps above all, each through its own jax.jit. JAX's
+persistent cache (in a temporary folder for this run, removed at its end; inherited by
+subprocesses through the environment) compiles each once: on a subset of the suite (test_train,
+test_precision, test_model_parity, test_main) 395 s without it, 307 s with it, in one session.
+XLA_FLAGS are part of the cache key, so tests that set their own flags get their own entries.
+A JAX_COMPILATION_CACHE_DIR you set yourself is used as it is.
 
 tests/parity.py appends every measured parity figure (kind, what, measured, tolerance) to
 `parity.FIGURES`. After each test the figures move to the test's `user_properties`, which travel
@@ -9,9 +17,25 @@ prints the worst figure per test and kind, so that `pytest -q` shows them for pa
 from __future__ import annotations
 
 import collections
+import os
+import shutil
 import sys
+import tempfile
 
 import pytest
+
+_OWN_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # set before any test imports JAX
+  _OWN_CACHE = tempfile.mkdtemp(prefix='rvos_jax_test_jit_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 _PROPERTY = 'parity'
 # nodeid -> (outcome, [(kind, what, measured, tolerance), ...]), in report order.
