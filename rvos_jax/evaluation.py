@@ -168,6 +168,14 @@ def _average(summaries: Sequence[dict]) -> dict:
   return out
 
 
+def _overall(per_expression: dict, num_frames: int, thresholds: Sequence[float]) -> dict:
+  """Scores over every expression of {video: {exp_id: scores}}, with the frames scored."""
+  overall = metrics.aggregate({(v, e): s for v, ss in per_expression.items()
+                               for e, s in ss.items()}, thresholds)
+  overall['num_frames'] = num_frames
+  return overall
+
+
 def evaluate_folder(predictions: str, annotations: str, meta_expressions: str, *,
                     annotator_average: bool = False, missing_as_empty: bool = False,
                     bound_th: float = metrics.DEFAULT_BOUND_TH,
@@ -226,9 +234,7 @@ def evaluate_folder(predictions: str, annotations: str, meta_expressions: str, *
   if missing:
     logging.warning('%d missing prediction frames scored as empty masks, e.g. %s',
                     len(missing), missing[0])
-  all_scores = {(v, e): s for v, ss in per_expression.items() for e, s in ss.items()}
-  overall = metrics.aggregate(all_scores, thresholds)
-  overall['num_frames'] = num_frames
+  overall = _overall(per_expression, num_frames, thresholds)
   results = {
       'overall': overall,
       'per_video': per_video,
@@ -335,9 +341,7 @@ def evaluate_mevis_folder(predictions: str, split: str, *,
   if missing:
     logging.warning('%d expressions have no prediction folder and score 0, e.g. %s',
                     len(missing), missing[0])
-  all_scores = {(v, e): s for v, ss in per_expression.items() for e, s in ss.items()}
-  overall = metrics.aggregate(all_scores, thresholds)
-  overall['num_frames'] = num_frames
+  overall = _overall(per_expression, num_frames, thresholds)
   return {
       'overall': overall,
       'per_video': per_video,

@@ -6,6 +6,7 @@ fixtures with `pytest_plugins = ('tests.data_fixtures',)`; the helpers are impor
 hence PYTEST_DONT_REWRITE (this module has no assertions to rewrite).
 """
 
+import json
 import os
 import shutil
 
@@ -26,6 +27,19 @@ def tiny_config(root, **overrides):
   c.eval_batch_size = 3
   c.update(overrides)
   return c
+
+
+def drop_obj_ids(meta_expressions_path) -> dict:
+  """Removes every expression's obj_id from a meta_expressions.json (as Refer-YouTube-VOS valid
+  publishes it); returns its 'videos'."""
+  with open(meta_expressions_path) as f:
+    meta = json.load(f)
+  for entry in meta['videos'].values():
+    for exp in entry['expressions'].values():
+      del exp['obj_id']
+  with open(meta_expressions_path, 'w') as f:
+    json.dump(meta, f)
+  return meta['videos']
 
 
 def make_layout(path, **kwargs):

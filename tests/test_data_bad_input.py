@@ -11,7 +11,7 @@ import pytest
 
 from data_pipelines import builders, pipelines, ytvos_layout
 from data_pipelines.ytvos_layout import BadSampleError, MetaFormatError
-from tests.data_fixtures import make_layout, tiny_config
+from tests.data_fixtures import drop_obj_ids, make_layout, tiny_config
 
 
 def _meta_path(root):
@@ -91,24 +91,13 @@ def test_obj_id_absent_from_every_mask(layout, caplog):
   assert got['train_00000']['expressions']['exp_id'] == sorted(set(meta) - {'0'})
 
 
-def _drop_obj_ids(root, split):
-  path = ytvos_layout.meta_expressions_path(root, split)
-  with open(path) as f:
-    meta = json.load(f)
-  for entry in meta['videos'].values():
-    for exp in entry['expressions'].values():
-      del exp['obj_id']
-  with open(path, 'w') as f:
-    json.dump(meta, f)
-
-
 def test_annotations_without_obj_ids_unscored_in_valid_an_error_in_train(tmp_path, caplog):
   """YouTube-VOS ships first-frame masks in valid/Annotations while Refer-YouTube-VOS valid
   publishes no obj_id: such a valid split is read as unscored (said once, no masks read), so
   training does not depend on it; the training split still needs every obj_id."""
   root = make_layout(tmp_path / 'rs', num_valid_videos=2)
   assert ytvos_layout.split_is_scored(root, 'valid')
-  _drop_obj_ids(root, 'valid')
+  drop_obj_ids(ytvos_layout.meta_expressions_path(root, 'valid'))
   assert os.path.isdir(os.path.join(root, 'valid', 'Annotations'))
   assert not ytvos_layout.split_is_scored(root, 'valid')
   with caplog.at_level(logging.WARNING):
@@ -119,7 +108,7 @@ def test_annotations_without_obj_ids_unscored_in_valid_an_error_in_train(tmp_pat
   # Built into records beside a scored train split, as the training run does.
   builder = builders.prepare(tiny_config(root))
   assert builders.expressions_of(builder, 'valid')
-  _drop_obj_ids(root, 'train')
+  drop_obj_ids(ytvos_layout.meta_expressions_path(root, 'train'))
   with pytest.raises(BadSampleError, match=r"video 'train_00000' expression '0': no obj_id "
                                            r'although the split has Annotations'):
     _read(root)

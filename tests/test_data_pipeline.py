@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_pipelines import builders, pipelines, ytvos_layout
 from data_pipelines.vocabulary import tokenize
-from tests.data_fixtures import TINY, copy_layout, tiny_config
+from tests.data_fixtures import TINY, copy_layout, drop_obj_ids, tiny_config
 
 pytest_plugins = ('tests.data_fixtures',)  # fixtures without a conftest.py
 
@@ -334,15 +334,7 @@ def test_youtube_vos_valid_layout_without_annotations(tiny_root, tiny_vocab, tmp
   root = copy_layout(tiny_root, tmp_path / 'ytvos')
   shutil.rmtree(os.path.join(root, 'valid', 'Annotations'))
   os.remove(os.path.join(root, 'meta_expressions', 'valid', ytvos_layout.EXPRESSION_KINDS))
-  path = ytvos_layout.meta_expressions_path(root, 'valid')
-  with open(path) as f:
-    meta = json.load(f)
-  for entry in meta['videos'].values():
-    for exp in entry['expressions'].values():
-      del exp['obj_id']
-  with open(path, 'w') as f:
-    json.dump(meta, f)
-  valid = meta['videos']
+  valid = drop_obj_ids(ytvos_layout.meta_expressions_path(root, 'valid'))
 
   config = tiny_config(root, name='refer_youtube_vos')
   builder = builders.prepare(config)

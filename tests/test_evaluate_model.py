@@ -10,6 +10,7 @@ import pytest
 
 from data_pipelines import pipelines
 from rvos_jax import evaluation
+from tests.data_fixtures import drop_obj_ids
 from tests.test_predict import tiny_setup
 
 
@@ -82,14 +83,9 @@ def _unscored_copy(s, tmp_path):
   """The setup's valid split with Annotations/ but its expressions' obj_ids removed."""
   root = tmp_path / 'copy'
   shutil.copytree(os.path.join(s.config.data.root, 'valid'), root / 'valid')
-  meta_path = root / 'meta_expressions' / 'valid' / 'meta_expressions.json'
-  meta = json.loads(open(os.path.join(s.config.data.root, 'meta_expressions', 'valid',
-                                      'meta_expressions.json')).read())
-  for entry in meta['videos'].values():
-    for exp in entry['expressions'].values():
-      del exp['obj_id']
-  meta_path.parent.mkdir(parents=True)
-  meta_path.write_text(json.dumps(meta))
+  shutil.copytree(os.path.join(s.config.data.root, 'meta_expressions', 'valid'),
+                  root / 'meta_expressions' / 'valid')
+  drop_obj_ids(root / 'meta_expressions' / 'valid' / 'meta_expressions.json')
   return str(root)
 
 
