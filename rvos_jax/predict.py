@@ -66,6 +66,7 @@ GIF_MAX_SIDE = 480  # the GIF is a preview; the mp4 keeps the full size
 OVERLAY_MIN_SIDE = 240
 CAPTION_BACKGROUND = np.array([24, 24, 24], np.uint8)
 CAPTION_TEXT = (255, 255, 255)
+STRIP_FRAMES, STRIP_GAP = 4, 4  # the still: frames side by side, white pixels between
 
 
 class PredictError(ValueError):
@@ -458,27 +459,30 @@ def render_overlay(frames_uint8: np.ndarray, masks: np.ndarray, expression: str 
   """What a person looks at: the frames enlarged if small (`enlarge`), the mask tinted and
   outlined (`overlay_frames`), and with `expression` the sentence as a caption above every
   frame, so which object the words chose is clear at a glance. uint8 (n, h, w, 3)."""
-  frames, masks = enlarge(frames_uint8, masks)
-  out = overlay_frames(frames, masks)
+  return _with_caption(overlay_frames(*enlarge(frames_uint8, masks)), expression)
+
+
+def _with_caption(frames: np.ndarray, expression: str | None) -> np.ndarray:
   if expression is None:
-    return out
-  banner = caption(expression, out.shape[2])
-  return np.concatenate([np.broadcast_to(banner, (len(out), *banner.shape)), out], axis=1)
+    return frames
+  banner = caption(expression, frames.shape[2])
+  return np.concatenate([np.broadcast_to(banner, (len(frames), *banner.shape)), frames], axis=1)
 
 
-def overlay_strip(frames_uint8: np.ndarray, masks: np.ndarray, expression: str | None = None,
-                  count: int = 4, gap: int = 4) -> np.ndarray:
-  """One still picture of a result: `count` evenly spaced frames of the overlay side by side
-  (white gaps), the expression once above them. uint8 (h, w, 3)."""
-  frames = render_overlay(frames_uint8, masks)
+def _strip(frames: np.ndarray, expression: str | None, count: int, gap: int) -> np.ndarray:
   picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
   h, w = frames.shape[1:3]
   strip = np.full((h, len(picks) * (w + gap) - gap, 3), 255, np.uint8)
   for i, t in enumerate(picks):
     strip[:, i * (w + gap):i * (w + gap) + w] = frames[t]
-  if expression is None:
-    return strip
-  return np.concatenate([caption(expression, strip.shape[1]), strip])
+  return _with_caption(strip[None], expression)[0]
+
+
+def overlay_strip(frames_uint8: np.ndarray, masks: np.ndarray, expression: str | None = None,
+                  count: int = STRIP_FRAMES, gap: int = STRIP_GAP) -> np.ndarray:
+  """One still picture of a result: `count` evenly spaced frames of the overlay side by side
+  (white gaps), the expression once above them. uint8 (h, w, 3)."""
+  return _strip(render_overlay(frames_uint8, masks), expression, count, gap)
 
 
 def write_overlays(frames_uint8: np.ndarray, masks: np.ndarray, output_dir: str, *,
@@ -487,10 +491,11 @@ def write_overlays(frames_uint8: np.ndarray, masks: np.ndarray, output_dir: str,
   """<output_dir>/<name>.gif and, with imageio-ffmpeg, <name>.mp4 (render_overlay: enlarged
   if small, with the expression as a caption when given), and <name>_strip.png (overlay_strip:
   four frames side by side, a still for a page); returns {'gif', 'mp4', 'strip'}."""
-  frames = render_overlay(frames_uint8, masks, expression)
+  plain = render_overlay(frames_uint8, masks)  # drawn once for the animation and the still
+  frames = _with_caption(plain, expression)
   paths = {'gif': write_gif(frames, os.path.join(output_dir, f'{name}.gif'), fps)}
   paths['strip'] = os.path.join(output_dir, f'{name}_strip.png')
-  Image.fromarray(overlay_strip(frames_uint8, masks, expression)).save(paths['strip'])
+  Image.fromarray(_strip(plain, expression, STRIP_FRAMES, STRIP_GAP)).save(paths['strip'])
   if _ffmpeg_available():
     paths['mp4'] = write_mp4(frames, os.path.join(output_dir, f'{name}.mp4'), fps)
   else:
