@@ -21,7 +21,6 @@ pycocotools (the library the MeViS scripts use), not by hand.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,16 +33,6 @@ SPLITS = ('train', 'valid_u', 'valid')
 
 class MevisFormatError(ValueError):
   """A MeViS file that does not have the published structure (names what and where)."""
-
-
-def split_dir(root: str, split: str) -> str:
-  return os.path.join(root, split)
-
-
-def is_mevis_split(path: str) -> bool:
-  """A folder that holds a MeViS meta_expressions.json (not Refer-YouTube-VOS's layout, where
-  it sits under meta_expressions/<split>/)."""
-  return os.path.isfile(os.path.join(path, META_EXPRESSIONS))
 
 
 def _load_json(path: str, what: str):

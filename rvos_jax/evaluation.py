@@ -168,6 +168,12 @@ def _average(summaries: Sequence[dict]) -> dict:
   return out
 
 
+def _summarize_groups(named: dict, thresholds: Sequence[float]) -> dict:
+  """{group: [expression scores]} -> {group: J, F, J&F, prec@X over its expressions}."""
+  return {name: metrics.summarize([s['J'] for s in ss], [s['F'] for s in ss], thresholds)
+          for name, ss in sorted(named.items())}
+
+
 def _overall(per_expression: dict, num_frames: int, thresholds: Sequence[float]) -> dict:
   """Scores over every expression of {video: {exp_id: scores}}, with the frames scored."""
   overall = metrics.aggregate({(v, e): s for v, ss in per_expression.items()
@@ -250,12 +256,8 @@ def evaluate_folder(predictions: str, annotations: str, meta_expressions: str, *
       },
   }
 
-  def summarize_groups(named):
-    return {name: metrics.summarize([s['J'] for s in ss], [s['F'] for s in ss], thresholds)
-            for name, ss in sorted(named.items())}
-
   if annotator_average:
-    per_annotator = summarize_groups(groups['annotator'])
+    per_annotator = _summarize_groups(groups['annotator'], thresholds)
     for annotator in ('1', '2'):
       if annotator not in per_annotator:
         raise EvaluationError(f'--annotator_average: no expression of annotator {annotator} '
@@ -263,9 +265,9 @@ def evaluate_folder(predictions: str, annotations: str, meta_expressions: str, *
                               f'{1 if annotator == "1" else 3}) in {meta_expressions}')
     per_annotator['average'] = _average([per_annotator['1'], per_annotator['2']])
     results['per_annotator'] = per_annotator
-    results['per_expression_type'] = summarize_groups(groups['expression_type'])
+    results['per_expression_type'] = _summarize_groups(groups['expression_type'], thresholds)
   if kinds is not None:
-    results['per_kind'] = summarize_groups(groups['kind'])
+    results['per_kind'] = _summarize_groups(groups['kind'], thresholds)
   return results
 
 
@@ -327,8 +329,9 @@ def evaluate_mevis_folder(predictions: str, split: str, *,
             raise EvaluationError(f'size mismatch: {os.path.join(exp_dir, frame + ".png")} is '
                                   f'{pred.shape} (HxW), the expression\'s other frames '
                                   f'{target.shape[1:]}')
-        j = metrics.region_similarity_frames(np.stack(preds), target)
-        f = metrics.boundary_f_measure_frames(np.stack(preds), target, bound_th)
+        preds = np.stack(preds)
+        j = metrics.region_similarity_frames(preds, target)
+        f = metrics.boundary_f_measure_frames(preds, target, bound_th)
         scores = metrics.expression_scores(j, f)
       group = _target_group(len(exp['anno_id']))
       scores.update(exp=exp['exp'], obj_id=exp['obj_id'], target=group)
@@ -346,8 +349,7 @@ def evaluate_mevis_folder(predictions: str, split: str, *,
       'overall': overall,
       'per_video': per_video,
       'per_expression': per_expression,
-      'per_target': {name: metrics.summarize([s['J'] for s in ss], [s['F'] for s in ss],
-                                             thresholds) for name, ss in sorted(groups.items())},
+      'per_target': _summarize_groups(groups, thresholds),
       'skipped_expressions': [],
       'num_missing_predictions': len(missing),
       'missing_note': 'expressions without a prediction folder scored 0 (MeViS rule)',
