@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from data_pipelines import ytvos_layout
+from data_pipelines import layouts, mevis_layout, ytvos_layout
 
 tfds.core.utils.gcs_utils._is_gcs_disabled = True  # no GCS lookups, ever (see module doc)
 
@@ -40,6 +40,21 @@ FEATURES = tfds.features.FeaturesDict({
         'exp_id': tfds.features.Text(),
         'exp': tfds.features.Text(),
         'obj_id': tfds.features.Scalar(dtype=np.int32),
+    }),
+})
+
+
+# MeViS records: masks are label maps (mevis_layout.label_maps: a label per set of overlapping
+# objects), and each expression says which labels make its target (`members`, indexed by the
+# label: the union of its objects, all False for no target). obj_id: the one object's id, -1 for
+# several objects, 0 for none.
+MEVIS_FEATURES = tfds.features.FeaturesDict({
+    **{k: v for k, v in FEATURES.items() if k != 'expressions'},
+    'expressions': tfds.features.Sequence({
+        'exp_id': tfds.features.Text(),
+        'exp': tfds.features.Text(),
+        'obj_id': tfds.features.Scalar(dtype=np.int32),
+        'members': tfds.features.Tensor(shape=(256,), dtype=np.bool_),
     }),
 })
 
@@ -79,11 +94,14 @@ class _LayoutBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                               f'any of {self.SPLITS}. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     return {s: self._generate_examples(root, s) for s in splits}
 
+  def _iter_split(self, root, split):
+    return ytvos_layout.iter_split(root, split, verify_jpeg=self._verify_jpeg,
+                                   skip_bad_samples=self._skip_bad_samples)
+
   def _generate_examples(self, root, split):
     expressions = {}
     self.info.metadata[f'expressions/{split}'] = expressions
-    for video, record in ytvos_layout.iter_split(root, split, verify_jpeg=self._verify_jpeg,
-                                                 skip_bad_samples=self._skip_bad_samples):
+    for video, record in self._iter_split(root, split):
       e = record['expressions']
       expressions[video] = dict(zip(e['exp_id'], e['exp'], strict=True))
       yield video, record
@@ -106,14 +124,56 @@ class ReferDavis17(_LayoutBuilder):
   name = 'refer_davis17'
 
 
-BUILDERS = {b.name: b for b in (ReferShapes, ReferYoutubeVos, ReferDavis17)}
+class _MevisLayoutBuilder(_LayoutBuilder, skip_registration=True):
+  """Reads `<manual_dir>` in the MeViS layout (data_pipelines.mevis_layout); splits train,
+  valid_u (both with mask_dict.json) and valid (without: predicted and zipped)."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Point manual_dir (config.data.root) at the dataset in the MeViS layout: '
+      '{train,valid_u,valid}/JPEGImages/<video>/*.jpg, <split>/meta_expressions.json, '
+      '{train,valid_u}/mask_dict.json.')
+  SPLITS = mevis_layout.SPLITS
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=MEVIS_FEATURES, metadata=tfds.core.MetadataDict(), description=self.__doc__)
+
+  def _split_generators(self, dl_manager):
+    root = os.fspath(dl_manager.manual_dir)
+    splits = [s for s in self.SPLITS if os.path.exists(
+        layouts.meta_expressions_path(root, s, layouts.MEVIS))]
+    if not splits:
+      raise FileNotFoundError(f'{root}: no <split>/meta_expressions.json for any of '
+                              f'{self.SPLITS}. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    return {s: self._generate_examples(root, s) for s in splits}
+
+  def _iter_split(self, root, split):
+    return mevis_layout.iter_split(root, split, verify_jpeg=self._verify_jpeg,
+                                   skip_bad_samples=self._skip_bad_samples)
+
+
+class Mevis(_MevisLayoutBuilder):
+  """MeViS (Ding et al., ICCV 2023): motion expressions, several or no objects per expression."""
+  name = 'mevis'
+
+
+class ReferShapesMevis(_MevisLayoutBuilder):
+  """refer_shapes written in the MeViS layout, with multi-object and no-target expressions
+  (data_pipelines.refer_shapes, layout='mevis')."""
+  name = 'refer_shapes_mevis'
+
+
+BUILDERS = {b.name: b for b in (ReferShapes, ReferYoutubeVos, ReferDavis17, Mevis,
+                                ReferShapesMevis)}
+SYNTHETIC = ('refer_shapes', 'refer_shapes_mevis')  # generated on first use
 
 
 def prepare(config: ml_collections.ConfigDict) -> _LayoutBuilder:
   """Builds (once) and returns the TFDS builder for `config.data`.
 
-  For refer_shapes, a root without a dataset is first filled by the generator at its default
-  scale, so that every command works out of the box. Records go to config.tfds_data_dir
+  For refer_shapes (and refer_shapes_mevis, its MeViS layout), a root without a dataset is
+  first filled by the generator at config.generate's scale, so that every command works out
+  of the box. Records go to config.tfds_data_dir
   (default <root>/tfds); delete that folder after changing the layout.
   """
   if config.name not in BUILDERS:
@@ -121,11 +181,14 @@ def prepare(config: ml_collections.ConfigDict) -> _LayoutBuilder:
   if not config.root:
     raise ValueError('config.data.root is empty: set it to the dataset layout directory')
   root = os.path.abspath(os.path.expanduser(config.root))
-  if config.name == 'refer_shapes' and not os.path.exists(
-      ytvos_layout.meta_expressions_path(root, 'train')):
+  layout = layouts.layout_of(config.name)
+  if config.name in SYNTHETIC and not os.path.exists(
+      layouts.meta_expressions_path(root, 'train', layout)):
     from data_pipelines import refer_shapes  # noqa: PLC0415 -- only needed here
-    logging.info('no refer_shapes dataset at %s: generating one (seed %d)', root, config.seed)
+    logging.info('no %s dataset at %s: generating one (seed %d)', config.name, root,
+                 config.seed)
     scale = config.generate.to_dict() if 'generate' in config else {}
+    scale['layout'] = layout
     refer_shapes.generate(root, seed=config.seed, **scale)
   data_dir = config.get('tfds_data_dir') or os.path.join(root, 'tfds')
   builder = BUILDERS[config.name](data_dir=data_dir, skip_bad_samples=config.skip_bad_samples,

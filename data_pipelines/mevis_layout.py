@@ -21,10 +21,15 @@ pycocotools (the library the MeViS scripts use), not by hand.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 from pycocotools import mask as coco_mask
+
+from data_pipelines import ytvos_layout
 
 META_EXPRESSIONS = 'meta_expressions.json'
 MASK_DICT = 'mask_dict.json'
@@ -118,6 +123,17 @@ def decode_rle(rle: Mapping | None, size: tuple[int, int] | None, where: str) ->
   return mask.astype(bool)
 
 
+def _track(mask_dict: Mapping[str, list], anno_id: str, num_frames: int, at: str) -> list:
+  """mask_dict[anno_id], checked: present, one entry per frame."""
+  if anno_id not in mask_dict:
+    raise MevisFormatError(f'{at}: anno_id {anno_id!r} is not in {MASK_DICT}')
+  track = mask_dict[anno_id]
+  if len(track) != num_frames:
+    raise MevisFormatError(f'{at}: anno_id {anno_id!r} has {len(track)} masks for '
+                           f'{num_frames} frames')
+  return track
+
+
 def expression_target(mask_dict: Mapping[str, list], video: str, exp_id: str,
                       anno_ids: Sequence[str], num_frames: int,
                       size: tuple[int, int] | None, where: str = MASK_DICT) -> np.ndarray:
@@ -125,15 +141,7 @@ def expression_target(mask_dict: Mapping[str, list], video: str, exp_id: str,
   expression with no anno_id). size: the frames' (H, W); None takes it from the first RLE
   (an expression with no target then needs it)."""
   at = f'{where}: video {video!r} expression {exp_id!r}'
-  tracks = []
-  for anno_id in anno_ids:
-    if anno_id not in mask_dict:
-      raise MevisFormatError(f'{at}: anno_id {anno_id!r} is not in {MASK_DICT}')
-    track = mask_dict[anno_id]
-    if len(track) != num_frames:
-      raise MevisFormatError(f'{at}: anno_id {anno_id!r} has {len(track)} masks for '
-                             f'{num_frames} frames')
-    tracks.append((anno_id, track))
+  tracks = [(a, _track(mask_dict, a, num_frames, at)) for a in anno_ids]
   if size is None:
     size = next((tuple(int(s) for s in r['size']) for _, tr in tracks for r in tr if r), None)
   if size is None:
@@ -143,3 +151,197 @@ def expression_target(mask_dict: Mapping[str, list], video: str, exp_id: str,
     for t, rle in enumerate(track):
       target[t] |= decode_rle(rle, size, f'{at} anno_id {anno_id!r} frame {t}')
   return target
+
+
+# ------------------------------------------------------------------------- records (TFDS)
+
+# Label maps hold uint8 values: at most 255 labels (distinct sets of overlapping objects).
+MAX_LABELS = 255
+
+
+def label_maps(tracks: Sequence[list], num_frames: int, size: tuple[int, int], where: str
+               ) -> tuple[list[np.ndarray], list[int]]:
+  """Object masks -> one uint8 label map per frame, exact for overlapping objects.
+
+  tracks[i]: object i's RLEs, one per frame. Each pixel is labelled with the *set* of objects
+  covering it: 0 for none, 1.. for each distinct non-empty set met in the video (in order of
+  appearance). Returns (maps, sets) with sets[label - 1] the bit set (bit i = object i) of
+  each label. An expression's target is then `members[map]`, members[label] True where the
+  label's set meets the expression's objects: the union of its objects' masks, exactly, also
+  where objects overlap (an id map would give each overlapped pixel to one object only).
+  Where no masks overlap, label = 1 + the object's index in order of appearance.
+  """
+  if len(tracks) > 64:
+    raise MevisFormatError(f'{where}: {len(tracks)} annotated objects; at most 64 per video '
+                           'are supported')
+  labels: dict[int, int] = {}
+  maps = []
+  for t in range(num_frames):
+    code = np.zeros(size, np.uint64)
+    for i, track in enumerate(tracks):
+      if track[t] is not None:
+        mask = decode_rle(track[t], size, f'{where} frame {t} object {i}')
+        code |= mask.astype(np.uint64) << np.uint64(i)
+    values, inverse = np.unique(code, return_inverse=True)
+    lut = np.zeros(len(values), np.uint8)
+    for j, value in enumerate(values.tolist()):
+      if value:
+        if value not in labels:
+          if len(labels) == MAX_LABELS:
+            raise MevisFormatError(f'{where}: more than {MAX_LABELS} distinct sets of '
+                                   'overlapping objects')
+          labels[value] = len(labels) + 1
+        lut[j] = labels[value]
+    maps.append(lut[inverse.reshape(size)])
+  sets = [0] * len(labels)
+  for value, label in labels.items():
+    sets[label - 1] = value
+  return maps, sets
+
+
+def members(sets: Sequence[int], objects: Sequence[int]) -> np.ndarray:
+  """(256,) bool: the labels (label_maps) whose object set meets `objects` (indices)."""
+  bits = 0
+  for i in objects:
+    bits |= 1 << i
+  out = np.zeros(256, bool)
+  for label, value in enumerate(sets, start=1):
+    out[label] = bool(value & bits)
+  return out
+
+
+def load_video(root: str, split: str, video: str, entry: Mapping,
+               mask_dict: Mapping[str, list] | None, *, verify_jpeg: bool = True,
+               skip_bad_samples: bool = False, counts: Counter | None = None) -> dict:
+  """One MeViS video -> a record of builders.MEVIS_FEATURES: frames in the order of
+  "frames" (mask_dict's lists follow it), label maps as masks (label_maps; none without a
+  mask_dict), and per expression its `members` (all False for an expression with no target,
+  or when the split has no masks) and obj_id: the one object's id, -1 for several, 0 for
+  none. A bad expression raises a BadSampleError naming it, or with skip_bad_samples is
+  dropped and counted."""
+  counts = Counter() if counts is None else counts
+  img_dir = os.path.join(root, split, 'JPEGImages', video)
+  names = list(entry['frames'])
+  if not names:
+    raise ytvos_layout.BadSampleError(f'video {video!r}: has no frames')
+  frames, size = [], None
+  for name in names:
+    path = os.path.join(img_dir, name + '.jpg')
+    data = ytvos_layout.read_file(path, 'frame', video)
+    hw = ytvos_layout.check_jpeg(data, f'video {video!r} frame {name!r} ({path})',
+                                 verify_jpeg)
+    if size is not None and hw != size:
+      raise ytvos_layout.BadSampleError(f'video {video!r} frame {name!r}: size {hw} differs '
+                                        f'from the first frame {size}')
+    size = hw
+    frames.append(data)
+
+  where = f'{os.path.join(root, split, MASK_DICT)}: video {video!r}'
+  kept, objects = [], []  # objects: the video's anno_ids in order of appearance
+  for exp_id, exp in entry['expressions'].items():
+    try:
+      if mask_dict is not None:
+        for anno_id in exp['anno_id']:
+          _track(mask_dict, anno_id, len(names), f'{where} expression {exp_id!r}')
+    except MevisFormatError as e:
+      if not skip_bad_samples:
+        raise ytvos_layout.BadSampleError(str(e)) from None
+      counts['bad expressions'] += 1
+      logging.warning('skipping: %s', e)
+      continue
+    kept.append((exp_id, exp))
+    objects += [a for a in exp['anno_id'] if a not in objects]
+  if not kept:
+    raise ytvos_layout.BadSampleError(f'video {video!r}: no usable expression')
+
+  masks, sets = [], []
+  if mask_dict is not None:
+    try:
+      maps, sets = label_maps([mask_dict[a] for a in objects], len(names), size, where)
+    except MevisFormatError as e:
+      raise ytvos_layout.BadSampleError(str(e)) from None
+    masks = [ytvos_layout.encode_mask(m) for m in maps]
+  index = {a: i for i, a in enumerate(objects)}
+  exps = {'exp_id': [], 'exp': [], 'obj_id': [], 'members': []}
+  for exp_id, exp in kept:
+    obj = exp['obj_id']
+    exps['exp_id'].append(str(exp_id))
+    exps['exp'].append(exp['exp'])
+    exps['obj_id'].append(obj[0] if len(obj) == 1 else (-1 if obj else 0))
+    exps['members'].append(members(sets, [index[a] for a in exp['anno_id']]))
+  return {'video': video, 'frame_names': names, 'frames': frames, 'masks': masks,
+          'height': size[0], 'width': size[1], 'expressions': exps}
+
+
+def iter_split(root: str, split: str, *, verify_jpeg: bool = True,
+               skip_bad_samples: bool = False) -> Iterator[tuple[str, dict]]:
+  """(video, record) of every usable video of a MeViS split, in sorted order. A split without
+  mask_dict.json (valid) is unscored: its records have no masks."""
+  videos = read_meta_expressions(os.path.join(root, split, META_EXPRESSIONS))
+  mask_path = os.path.join(root, split, MASK_DICT)
+  mask_dict = read_mask_dict(mask_path) if os.path.exists(mask_path) else None
+  if mask_dict is None:
+    logging.info('split %r of %s has no %s: unscored (predicted and zipped for the server)',
+                 split, root, MASK_DICT)
+  counts = Counter()
+  for video in sorted(videos):
+    try:
+      record = load_video(root, split, video, videos[video], mask_dict,
+                          verify_jpeg=verify_jpeg, skip_bad_samples=skip_bad_samples,
+                          counts=counts)
+    except ytvos_layout.BadSampleError as e:
+      if not skip_bad_samples:
+        raise
+      counts['bad videos'] += 1
+      logging.warning('skipping: %s', e)
+      continue
+    yield video, record
+  if videos and counts['bad videos'] == len(videos):
+    raise ytvos_layout.BadSampleError(f'{root}/{split}: none of the {len(videos)} videos is '
+                                      'usable')
+  if counts:
+    logging.warning('%s/%s: skipped %d bad videos and %d bad expressions of %d videos '
+                    '(skip_bad_samples=True)', root, split, counts['bad videos'],
+                    counts['bad expressions'], len(videos))
+
+
+# ------------------------------------------------------------------------------ writing
+
+class SplitWriter:
+  """Writes a split in the MeViS layout, one video at a time (refer_shapes, tests):
+
+    writer = SplitWriter(root, 'valid_u')
+    writer.add(video, frames, names, objects, expressions)   # for each video
+    writer.close()
+
+  frames (n, H, W, 3) uint8; names: n frame names; objects {anno_id: (obj_id, (n, H, W) bool)};
+  expressions {exp_id: (text, [anno_id, ...])}. with_masks=False leaves out mask_dict.json
+  (as MeViS's valid split)."""
+
+  def __init__(self, root: str, split: str, *, with_masks: bool = True, jpeg_quality: int = 90):
+    self.root, self.split = root, split
+    self.with_masks, self.jpeg_quality = with_masks, jpeg_quality
+    self.meta, self.mask_dict = {}, {}
+
+  def add(self, video: str, frames: np.ndarray, names: Sequence[str],
+          objects: Mapping[str, tuple[int, np.ndarray]],
+          expressions: Mapping[str, tuple[str, Sequence[str]]]) -> None:
+    img_dir = os.path.join(self.root, self.split, 'JPEGImages', video)
+    os.makedirs(img_dir, exist_ok=True)
+    for name, rgb in zip(names, frames, strict=True):
+      ytvos_layout.write_frame(os.path.join(img_dir, name + '.jpg'), rgb, self.jpeg_quality)
+    for anno_id, (_, track) in objects.items():
+      if anno_id in self.mask_dict:
+        raise ValueError(f'anno_id {anno_id!r} of video {video!r} is already used')
+      self.mask_dict[anno_id] = [encode_rle(m) if m.any() else None for m in track]
+    self.meta[video] = {'frames': list(names), 'expressions': {
+        exp_id: {'exp': text, 'anno_id': list(annos),
+                 'obj_id': [int(objects[a][0]) for a in annos]}
+        for exp_id, (text, annos) in expressions.items()}}
+
+  def close(self) -> None:
+    ytvos_layout.write_json(os.path.join(self.root, self.split, META_EXPRESSIONS),
+                            {'videos': self.meta})
+    if self.with_masks:
+      with open(os.path.join(self.root, self.split, MASK_DICT), 'w', encoding='utf-8') as f:
+        json.dump(self.mask_dict, f)

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from data_pipelines import builders, clip_ops, ytvos_layout
+from data_pipelines import builders, clip_ops, layouts, ytvos_layout
 from data_pipelines.vocabulary import (
   Vocabulary,
   encode_tf,
@@ -101,7 +101,7 @@ def _expression_repeats(config, builder, split: str) -> dict[str, int]:
   kind_repeats = {kind: n for kind, n in kind_repeats.items() if n != 1}
   if not kind_repeats:  # every kind once: the plain stream (no kinds file needed)
     return repeats
-  meta = ytvos_layout.meta_expressions_path(config.root, split)
+  meta = layouts.meta_expressions_path(config.root, split, layouts.layout_of(config.name))
   kinds = ytvos_layout.read_expression_kinds(meta)
   if kinds is None:
     raise ValueError(f'config.data.kind_repeats={kind_repeats} needs the expression kinds of '
@@ -134,11 +134,15 @@ def _repeat_table(repeats: dict[str, int]) -> tf.lookup.StaticHashTable | None:
       tf.constant(keys), tf.constant([repeats[x] for x in keys], tf.int64)), default_value=1)
 
 
+# Per-expression fields of a record; 'members' only in MeViS-layout records (builders).
+_PER_EXPRESSION = ('exp_id', 'exp', 'obj_id', 'members')
+
+
 def _expand_expressions(record, repeats: tf.lookup.StaticHashTable | None):
   """Video record -> one element per (video, expression), each `repeats` times (default 1;
   0 drops it)."""
   e = record['expressions']
-  per_exp = {'exp_id': e['exp_id'], 'exp': e['exp'], 'obj_id': e['obj_id']}
+  per_exp = {key: e[key] for key in _PER_EXPRESSION if key in e}
   shared = {k: record[k] for k in ('video', 'frames', 'masks', 'frame_names', 'height',
                                    'width')}
   ds = tf.data.Dataset.from_tensor_slices(per_exp)
@@ -169,7 +173,7 @@ def _expression_group(record, index, repeats, k: int, config):
   shared = {key: record[key] for key in ('video', 'frames', 'masks', 'frame_names', 'height',
                                          'width', 'frame_index')}
   ds = tf.data.Dataset.from_tensor_slices(
-      {key: tf.gather(e[key], pick) for key in ('exp_id', 'exp', 'obj_id')})
+      {key: tf.gather(e[key], pick) for key in _PER_EXPRESSION if key in e})
   ds = ds.map(lambda x: {**shared, **x})
   # A video whose expressions were all excluded yields nothing.
   return ds.take(tf.cast(tf.minimum(n, 1), tf.int64) * k)
@@ -207,13 +211,20 @@ def _decode_window(ex, config):
   return frames, ids, tf.range(T) < n
 
 
-def _target_masks(ids, obj_id):
-  """Object ids (T,H,W) -> the mask of obj_id (a scalar, or (k,) for k masks: (k,T,H,W);
-  empty where obj_id <= 0) and the union of all objects (T,H,W, Eq. 7), both float32."""
+def _target_masks(ids, obj_id, members=None):
+  """Object ids (T,H,W) -> the target mask and the union of all objects (T,H,W, Eq. 7), both
+  float32. The target: with `members` (MeViS-layout records, whose ids are label maps;
+  (256,) bool, or (k, 256) for k targets), the pixels whose label is a member: the union of
+  the expression's objects, empty for an expression with no target. Without: the mask of
+  obj_id (a scalar, or (k,) for k masks: (k,T,H,W)), empty where obj_id <= 0."""
+  objects = tf.cast(ids > 0, tf.float32)
+  if members is not None:
+    return tf.gather(tf.cast(members, tf.float32), tf.cast(ids, tf.int32),
+                     axis=members.shape.rank - 1), objects
   obj_id = obj_id[..., None, None, None]
   target = tf.cast(tf.equal(ids, tf.cast(obj_id, tf.uint8)), tf.float32)
   target *= tf.cast(obj_id > 0, tf.float32)
-  return target, tf.cast(ids > 0, tf.float32)
+  return target, objects
 
 
 def _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config):
@@ -298,7 +309,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
       flip = tf.random.stateless_uniform([], seeds[1]) < config.flip_prob
       frames, (ids,) = clip_ops.flip_clip(frames, (ids,), flip)
       words = [clip_ops.flip_words(w, swap, flip) for w in words]
-    targets, objects = _target_masks(ids, group['obj_id'])
+    targets, objects = _target_masks(ids, group['obj_id'], group.get('members'))
     extra = {}
     if config.get('object_velocity', False):  # after the flip: the velocity flips with it
       extra['object_velocity'], extra['velocity_valid'] = clip_ops.object_velocity(
@@ -364,7 +375,7 @@ def make_eval_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabul
 
   def process(ex):
     frames, ids, frame_valid = _decode_window(ex, config)
-    target, objects = _target_masks(ids, ex['obj_id'])
+    target, objects = _target_masks(ids, ex['obj_id'], ex.get('members'))
     tokens, token_mask, _ = encode_tf(ex['exp'], table, config.max_words)
     out = _finish(ex, frames, target, objects, frame_valid, tokens, token_mask, config)
     k = tf.shape(ex['frame_index'])[0]

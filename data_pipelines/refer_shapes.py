@@ -45,6 +45,13 @@ SHAPES = ('circle', 'square', 'triangle', 'diamond', 'star', 'cross')
 HELD_OUT = (('red', 'star'), ('blue', 'diamond'), ('green', 'triangle'),
             ('yellow', 'cross'), ('purple', 'circle'), ('orange', 'square'))
 DIRECTIONS = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1), 'still': (0, 0)}
+_PLURAL = {'circle': 'circles', 'square': 'squares', 'triangle': 'triangles',
+           'diamond': 'diamonds', 'star': 'stars', 'cross': 'crosses'}
+_NUMBER = {2: 'two', 3: 'three', 4: 'four', 5: 'five'}
+_GROUP_MOTION = {'left': 'moving to the left', 'right': 'moving to the right',
+                 'up': 'moving up', 'down': 'moving down', 'still': 'that are not moving'}
+_MOTION = {'left': 'moving to the left', 'right': 'moving to the right', 'up': 'moving up',
+           'down': 'moving down', 'still': 'that is not moving'}
 _SPLIT_CODE = {'train': 1, 'valid': 2}
 
 
@@ -163,9 +170,7 @@ def _make_scene(scene: _Scene, kind: str, num_objects: int):
     r = scene.radius()
     for d in (d1, d2):
       objs.append(_Obj(c, s, r, str(d), scene.speed(d, r)))
-      phrase = {'left': 'moving to the left', 'right': 'moving to the right',
-                'up': 'moving up', 'down': 'moving down', 'still': 'that is not moving'}[d]
-      exps.append((len(objs) - 1, f'the {c} {s} {phrase}', 'motion'))
+      exps.append((len(objs) - 1, f'the {c} {s} {_MOTION[str(d)]}', 'motion'))
     _distractors(scene, objs, exps, num_objects - 2)
   elif kind == 'position':
     c, s = scene.look()
@@ -289,25 +294,96 @@ def render_video(rng, kind, num_objects, n, h, w, allowed):
   return frames, ids, exps, objs
 
 
+def group_expressions(objs, present, rng, allowed, *, multi_object=True, no_target=True,
+                      max_multi=2):
+  """MeViS-style expressions of a rendered clip: [(object ids, expression, kind)].
+
+  kind 'multi' (several objects; the target is the union of their masks):
+    "the two green squares"          a look-alike pair (the motion and position clips' twins)
+    "the red shapes"                 every object of a colour, when >= 2 share it
+    "the shapes moving to the left"  every object moving one way, when >= 2 and not all do
+  up to `max_multi` of them, drawn by `rng`. kind 'none' (MeViS v2's no-target expressions),
+  one per clip: the look-alikes' look with a motion neither twin has ("the green square
+  moving up"), or a look absent from the clip. Objects never visible are left out.
+  """
+  visible = [k for k in range(len(objs)) if k + 1 in present]
+  candidates = []
+  if multi_object:
+    by = lambda key: {v: [k for k in visible if key(objs[k]) == v]
+                      for v in dict.fromkeys(key(objs[k]) for k in visible)}
+    for (c, s), ks in by(lambda o: (o.colour, o.shape)).items():
+      if len(ks) >= 2:
+        candidates.append((ks, f'the {_NUMBER[len(ks)]} {c} {_PLURAL[s]}'))
+    for c, ks in by(lambda o: o.colour).items():
+      if len(ks) >= 2 and len({objs[k].shape for k in ks}) > 1:
+        candidates.append((ks, f'the {c} shapes'))
+    for d, ks in by(lambda o: o.direction).items():
+      if 2 <= len(ks) < len(visible):
+        candidates.append((ks, f'the shapes {_GROUP_MOTION[d]}'))
+  order = rng.permutation(len(candidates))[:max_multi]
+  out = [([k + 1 for k in candidates[j][0]], candidates[j][1], 'multi') for j in sorted(order)]
+  if no_target:
+    looks = {(objs[k].colour, objs[k].shape) for k in range(len(objs))}
+    twins = [k for k in visible if sum((objs[j].colour, objs[j].shape) ==
+                                       (objs[k].colour, objs[k].shape) for j in visible) == 2]
+    unused = [d for d in DIRECTIONS if d not in {objs[k].direction for k in twins}]
+    if twins and unused and rng.uniform() < 0.5:
+      o = objs[twins[0]]
+      out.append(([], f'the {o.colour} {o.shape} {_MOTION[str(rng.choice(unused))]}', 'none'))
+    else:
+      absent = [cs for cs in allowed if cs not in looks]
+      c, s = absent[rng.integers(len(absent))]
+      out.append(([], f'the {c} {s}', 'none'))
+  return out
+
+
 def generate(root: str, *, num_train_videos: int = 200, num_valid_videos: int = 50,
              num_frames: int = 24, height: int = 240, width: int = 432, seed: int = 0,
-             jpeg_quality: int = 90) -> dict:
-  """Writes the dataset under `root`; returns {split: number of expressions}."""
+             jpeg_quality: int = 90, layout: str = 'ytvos', multi_object: bool = True,
+             no_target: bool = True) -> dict:
+  """Writes the dataset under `root`; returns {split: number of expressions}.
+
+  layout 'ytvos' (the default): the Refer-YouTube-VOS layout, splits train and valid, one
+  object per expression. layout 'mevis': the MeViS layout (data_pipelines.mevis_layout),
+  splits train and valid_u (the same clips as train and valid), each clip's expressions plus
+  those of `group_expressions` (multi_object, no_target), drawn from a generator of their own:
+  the frames and the one-object expressions are those of the 'ytvos' layout.
+  """
   if min(height, width) < 24:
     raise ValueError(f'frames of {height}x{width} are too small to draw shapes on')
+  if layout not in ('ytvos', 'mevis'):
+    raise ValueError(f"layout={layout!r}; expected 'ytvos' or 'mevis'")
   all_looks = [(c, s) for c in COLOURS for s in SHAPES]
   summary = {}
+  mevis = layout == 'mevis'
   for split, count in (('train', num_train_videos), ('valid', num_valid_videos)):
     allowed = [cs for cs in all_looks if split != 'train' or cs not in HELD_OUT]
     meta_exp, kinds, meta = {}, {}, {}
+    out_split = 'valid_u' if mevis and split == 'valid' else split
+    if mevis:
+      from data_pipelines import mevis_layout  # noqa: PLC0415 -- pycocotools only for MeViS
+      writer = mevis_layout.SplitWriter(root, out_split)
     for i in range(count):
       rng = np.random.default_rng([seed, _SPLIT_CODE[split], i])
       kind = KINDS[i % len(KINDS)]
       num_objects = int(rng.integers(2, 6))
       frames, ids, exps, objs = render_video(rng, kind, num_objects, num_frames, height, width,
                                              allowed)
-      video = f'{split}_{i:05d}'
+      video = f'{out_split}_{i:05d}'
       names = [f'{5 * t:05d}' for t in range(num_frames)]
+      if mevis:
+        group = group_expressions(objs, set(np.unique(ids).tolist()),
+                                  np.random.default_rng([seed, _SPLIT_CODE[split], i, 1]),
+                                  allowed, multi_object=multi_object, no_target=no_target)
+        exps = [([obj], text, kd) for obj, text, kd in exps] + group
+        anno = {k + 1: f'{video}_{k + 1}' for k in range(len(objs))}
+        writer.add(video, frames, names,
+                   {anno[k + 1]: (k + 1, ids == k + 1) for k in range(len(objs))},
+                   {str(e): (text, [anno[o] for o in obj]) for e, (obj, text, _) in
+                    enumerate(exps)})
+        meta_exp[video] = {'expressions': dict.fromkeys(map(str, range(len(exps))))}
+        kinds[video] = {str(e): kd for e, (_, _, kd) in enumerate(exps)}
+        continue
       img_dir = os.path.join(root, split, 'JPEGImages', video)
       ann_dir = os.path.join(root, split, 'Annotations', video)
       os.makedirs(img_dir, exist_ok=True)
@@ -325,17 +401,24 @@ def generate(root: str, *, num_train_videos: int = 200, num_valid_videos: int = 
           str(k + 1): {'category': o.shape, 'colour': o.colour,
                        'frames': [nm for t, nm in enumerate(names) if (ids[t] == k + 1).any()]}
           for k, o in enumerate(objs)}}
+    summary[out_split] = sum(len(v['expressions']) for v in meta_exp.values())
+    if mevis:
+      writer.close()
+      ytvos_layout.write_json(os.path.join(root, out_split, ytvos_layout.EXPRESSION_KINDS),
+                              {'videos': kinds})
+      continue
     ytvos_layout.write_json(ytvos_layout.meta_expressions_path(root, split),
                             {'videos': meta_exp})
     ytvos_layout.write_json(os.path.join(root, 'meta_expressions', split,
                                          'expression_kinds.json'), {'videos': kinds})
     ytvos_layout.write_json(os.path.join(root, split, 'meta.json'), {'videos': meta})
-    summary[split] = sum(len(v['expressions']) for v in meta_exp.values())
-  ytvos_layout.write_json(os.path.join(root, 'refer_shapes.json'), {
-      'num_train_videos': num_train_videos, 'num_valid_videos': num_valid_videos,
-      'num_frames': num_frames, 'height': height, 'width': width, 'seed': seed,
-      'jpeg_quality': jpeg_quality, 'held_out_in_train': [list(cs) for cs in HELD_OUT],
-      'num_expressions': summary})
+  settings = {'num_train_videos': num_train_videos, 'num_valid_videos': num_valid_videos,
+              'num_frames': num_frames, 'height': height, 'width': width, 'seed': seed,
+              'jpeg_quality': jpeg_quality, 'held_out_in_train': [list(cs) for cs in HELD_OUT],
+              'num_expressions': summary}
+  if mevis:
+    settings.update(layout=layout, multi_object=multi_object, no_target=no_target)
+  ytvos_layout.write_json(os.path.join(root, 'refer_shapes.json'), settings)
   return summary
 
 
@@ -344,7 +427,8 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   summary = generate(f.output_dir, num_train_videos=f.num_train_videos,
                      num_valid_videos=f.num_valid_videos, num_frames=f.num_frames,
-                     height=f.height, width=f.width, seed=f.seed, jpeg_quality=f.jpeg_quality)
+                     height=f.height, width=f.width, seed=f.seed, jpeg_quality=f.jpeg_quality,
+                     layout=f.layout)
   logging.info('wrote %s: %s expressions', f.output_dir, summary)
   print(f'wrote {f.output_dir}: expressions per split {summary}')
 
@@ -360,4 +444,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('width', 432, 'Frame width.')
   flags.DEFINE_integer('seed', 0, 'Random seed; same seed, same dataset.')
   flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality of the frames.')
+  flags.DEFINE_enum('layout', 'ytvos', ['ytvos', 'mevis'], 'Refer-YouTube-VOS (train, valid) '
+                    'or MeViS (train, valid_u; with multi-object and no-target expressions).')
   app.run(main)

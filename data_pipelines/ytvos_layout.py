@@ -140,7 +140,7 @@ def encode_mask(ids: np.ndarray) -> bytes:
 _EOI, _EOI_TAIL = b'\xff\xd9', 1024
 
 
-def _check_jpeg(data: bytes, where: str, verify: bool) -> tuple[int, int]:
+def check_jpeg(data: bytes, where: str, verify: bool) -> tuple[int, int]:
   """Returns (height, width); with verify, decodes the entropy-coded data (at 1/8 DCT scale:
   every coefficient is still read, so truncation and corruption are caught, 8x cheaper).
 
@@ -161,7 +161,7 @@ def _check_jpeg(data: bytes, where: str, verify: bool) -> tuple[int, int]:
   return h, w
 
 
-def _read(path: str, what: str, video: str) -> bytes:
+def read_file(path: str, what: str, video: str) -> bytes:
   try:
     with open(path, 'rb') as f:
       return f.read()
@@ -212,8 +212,8 @@ def load_video(root: str, split: str, video: str, entry: Mapping, *, verify_jpeg
   size = None
   for name in frame_names:
     path = os.path.join(img_dir, name + '.jpg')
-    data = _read(path, 'frame', video)
-    hw = _check_jpeg(data, f'video {video!r} frame {name!r} ({path})', verify_jpeg)
+    data = read_file(path, 'frame', video)
+    hw = check_jpeg(data, f'video {video!r} frame {name!r} ({path})', verify_jpeg)
     if size is None:
       size = hw
     elif hw != size:
@@ -222,7 +222,7 @@ def load_video(root: str, split: str, video: str, entry: Mapping, *, verify_jpeg
     frames.append(data)
     if has_masks:
       mpath = os.path.join(ann_root, video, name + '.png')
-      ids = decode_mask(_read(mpath, 'mask', video), f'video {video!r} mask {mpath}')
+      ids = decode_mask(read_file(mpath, 'mask', video), f'video {video!r} mask {mpath}')
       if ids.shape != size:
         raise BadSampleError(f'video {video!r} frame {name!r}: mask size {ids.shape} '
                              f'({mpath}) differs from the frame size {size}')

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image
 
-from data_pipelines import ytvos_layout
+from data_pipelines import layouts, ytvos_layout
 from rvos_jax import metrics
 
 UNLABELLED_KIND = 'unlabelled'
@@ -285,7 +285,8 @@ def evaluate_mevis_folder(predictions: str, split: str, *,
   those frames (an empty prediction of an empty target scores 1 on both); J and F overall are
   the means over expressions and J&F their mean. An expression without a prediction folder
   scores J = F = 0, as in the official script; a missing frame inside a folder is an error.
-  Also reported: per video, and per target ('no target', 'one object', 'several objects').
+  Also reported: per video, per target ('no target', 'one object', 'several objects'), and
+  per kind where an expression_kinds.json lies beside meta_expressions.json (refer_shapes).
   """
   from data_pipelines import mevis_layout  # noqa: PLC0415 -- pycocotools only for MeViS
 
@@ -296,7 +297,8 @@ def evaluate_mevis_folder(predictions: str, split: str, *,
     mask_dict = mevis_layout.read_mask_dict(mask_path)
   except mevis_layout.MevisFormatError as err:
     raise EvaluationError(str(err)) from None
-  per_expression, per_video, missing, groups = {}, {}, [], {}
+  per_expression, per_video, missing, groups, by_kind = {}, {}, [], {}, {}
+  kinds = load_expression_kinds(meta_path)
   num_frames = 0
   for video in sorted(videos):
     entry = videos[video]
@@ -336,6 +338,10 @@ def evaluate_mevis_folder(predictions: str, split: str, *,
       group = _target_group(len(exp['anno_id']))
       scores.update(exp=exp['exp'], obj_id=exp['obj_id'], target=group)
       groups.setdefault(group, []).append(scores)
+      kind = (kinds or {}).get(video, {}).get(exp_id)
+      if kind is not None:
+        scores['kind'] = kind
+        by_kind.setdefault(kind, []).append(scores)
       num_frames += scores['num_frames']
       video_scores[exp_id] = scores
     if video_scores:
@@ -345,11 +351,13 @@ def evaluate_mevis_folder(predictions: str, split: str, *,
     logging.warning('%d expressions have no prediction folder and score 0, e.g. %s',
                     len(missing), missing[0])
   overall = _overall(per_expression, num_frames, thresholds)
+  extra = {'per_kind': _summarize_groups(by_kind, thresholds)} if by_kind else {}
   return {
       'overall': overall,
       'per_video': per_video,
       'per_expression': per_expression,
       'per_target': _summarize_groups(groups, thresholds),
+      **extra,
       'skipped_expressions': [],
       'num_missing_predictions': len(missing),
       'missing_note': 'expressions without a prediction folder scored 0 (MeViS rule)',
@@ -442,6 +450,16 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
   data_config = config.data if 'data' in config else config
   split = split or data_config.eval_split
   root = os.path.abspath(os.path.expanduser(data_config.root))
+  if layouts.layout_of(data_config.get('name', 'refer_shapes')) == layouts.MEVIS:
+    if not layouts.split_is_scored(root, split, layouts.MEVIS):
+      raise EvaluationError(f'split {split!r} has no ground truth here '
+                            f'({layouts.mask_dict_path(root, split)} is missing): it can only be '
+                            'predicted (--mode predict) and scored by its server')
+    predict.predict_split(predict_fn, variables, data_config, builder, vocab, output_dir,
+                          split=split)
+    results = evaluate_mevis_folder(os.path.join(output_dir, 'Annotations'),
+                                    os.path.join(root, split), **evaluate_kwargs)
+    return _write_results(results, split, output_dir)
   annotations = os.path.join(root, split, 'Annotations')
   meta = os.path.join(root, 'meta_expressions', split, 'meta_expressions.json')
   if os.path.isdir(annotations) and not os.path.exists(meta):
@@ -456,6 +474,11 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
   results = evaluate_folder(os.path.join(output_dir, 'Annotations'), annotations, meta,
                             **evaluate_kwargs)
   results['settings']['split'] = split
+  return _write_results(results, split, output_dir)
+
+
+def _write_results(results: dict, split: str, output_dir: str) -> dict:
+  """results.json and results.txt (the table) in output_dir; logs the overall scores."""
   table = format_table(results)
   write_json(results, os.path.join(output_dir, RESULTS_JSON))
   with open(os.path.join(output_dir, RESULTS_TABLE), 'w', encoding='utf-8') as f:
@@ -479,7 +502,8 @@ def evaluate_or_predict(predict_fn, variables, config, builder, vocab, output_di
   data_config = config.data if 'data' in config else config
   root = os.path.abspath(os.path.expanduser(data_config.root))
   split = data_config.eval_split
-  if ytvos_layout.split_is_scored(root, split):
+  if layouts.split_is_scored(root, split,
+                             layouts.layout_of(data_config.get('name', 'refer_shapes'))):
     return evaluate_model(predict_fn, variables, config, builder, vocab, output_dir)
   if (root, split) not in _SAID_UNSCORED:
     _SAID_UNSCORED.add((root, split))

@@ -7,9 +7,9 @@ Two uses, both behind `python main.py --mode predict` (`predict_main`):
                  <out>/masks/<frame>.png (0/255), <out>/overlay.gif and, when imageio-ffmpeg is
                  installed, <out>/overlay.mp4 (mask tinted red, outlined in yellow, the
                  expression written above the frames).
-  a split        no --video: every (video, expression) of config.data.eval_split, as the
-                 Refer-YouTube-VOS server wants it: <out>/Annotations/<video>/<exp_id>/<frame>.png
-                 (binary 0/255) and <out>/submission.zip with Annotations/ at its top.
+  a split        no --video: every (video, expression) of config.data.eval_split:
+                 <out>/Annotations/<video>/<exp_id>/<frame>.png (binary 0/255) and
+                 <out>/submission.zip in its server's layout (write_submission_zip).
 
 The video is cut into consecutive windows of T = config.data.num_frames frames; the last window is
 padded with blank frames whose outputs are dropped, and windows are run
@@ -42,9 +42,9 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
+from data_pipelines import layouts, ytvos_layout
 from data_pipelines import vocabulary as vocabulary_lib
 from data_pipelines import windows as windows_lib
-from data_pipelines import ytvos_layout
 from rvos_jax import precision
 from rvos_jax.progress import ProgressLog
 
@@ -504,7 +504,7 @@ def write_overlays(frames_uint8: np.ndarray, masks: np.ndarray, output_dir: str,
 
 
 # ------------------------------------------------------------------------------------------------
-# A whole split: the Refer-YouTube-VOS submission.
+# A whole split: the submission (Refer-YouTube-VOS or MeViS).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -515,10 +515,13 @@ def _sync(name: str, process_count: int) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def write_submission_zip(output_dir: str, zip_path: str) -> str:
-  """Zips <output_dir>/Annotations as `Annotations/<video>/<exp_id>/<frame>.png` (the layout the
-  Refer-YouTube-VOS evaluation server reads)."""
+def write_submission_zip(output_dir: str, zip_path: str, layout: str = layouts.YTVOS) -> str:
+  """Zips <output_dir>/Annotations in the layout the dataset's evaluation server reads:
+  `Annotations/<video>/<exp_id>/<frame>.png` for Refer-YouTube-VOS, `<video>/<exp_id>/<frame>.png`
+  at the top for MeViS (its CodaLab server; the authors zip their inference folder's
+  contents)."""
   annotations = os.path.join(output_dir, 'Annotations')
+  top = annotations if layout == layouts.MEVIS else output_dir
   if not os.path.isdir(annotations):
     raise PredictError(f'nothing to zip: {annotations} does not exist')
   os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
@@ -527,7 +530,7 @@ def write_submission_zip(output_dir: str, zip_path: str) -> str:
       dirnames.sort()
       for f in sorted(filenames):
         full = os.path.join(dirpath, f)
-        zf.write(full, os.path.relpath(full, output_dir).replace(os.sep, '/'))
+        zf.write(full, os.path.relpath(full, top).replace(os.sep, '/'))
   return zip_path
 
 
@@ -613,7 +616,8 @@ def predict_split(predict_fn: PredictFn, variables, config: ml_collections.Confi
                sum(len(i) for i in written.values()), annotations)
   _sync('predict_split:written', process_count)
   if zip_path and process_index == 0:
-    write_submission_zip(output_dir, zip_path)
+    write_submission_zip(output_dir, zip_path,
+                         layouts.layout_of(data_config.get('name', 'refer_shapes')))
     logging.info('submission zip: %s', zip_path)
   return output_dir
 
@@ -687,8 +691,9 @@ def write_example_overlays(predict_fn, variables, config, vocab, output_dir: str
   refer_shapes, `per_kind` of each expression kind), segmented from the frames on disk."""
   root = os.path.abspath(os.path.expanduser(config.data.root))
   split = config.data.eval_split
-  meta_path = ytvos_layout.meta_expressions_path(root, split)
-  meta = ytvos_layout.read_meta_expressions(meta_path)
+  layout = layouts.layout_of(config.data.name)
+  meta_path = layouts.meta_expressions_path(root, split, layout)
+  meta = layouts.read_expressions(root, split, layout)
   kinds = ytvos_layout.read_expression_kinds(meta_path) or {}
   chosen, counts = [], {}
   for video in sorted(meta):
