@@ -190,8 +190,12 @@ def prepare(config: ml_collections.ConfigDict) -> _LayoutBuilder:
     scale = config.generate.to_dict() if 'generate' in config else {}
     scale['layout'] = layout
     refer_shapes.generate(root, seed=config.seed, **scale)
+  cls = BUILDERS[config.name]
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'config.data.root={root} does not exist. '
+                            f'{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
   data_dir = config.get('tfds_data_dir') or os.path.join(root, 'tfds')
-  builder = BUILDERS[config.name](data_dir=data_dir, skip_bad_samples=config.skip_bad_samples,
+  builder = cls(data_dir=data_dir, skip_bad_samples=config.skip_bad_samples,
                                   verify_jpeg=config.get('verify_jpeg', True))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(

@@ -14,6 +14,14 @@ an empty mask; obj_id[i] names the object of anno_id[i]. An expression may refer
 objects, and (MeViS v2) to none: empty lists, an empty target in every frame. `valid` has no
 mask_dict.json: it is predicted and zipped for the server.
 
+Records (builders.MEVIS_FEATURES, load_video): each frame's masks become one uint8 label map
+with a label per *set* of objects covering a pixel (label_maps), and each expression a
+(256,) `members` vector over the labels, so that the pipelines take its target as
+`members[labels]`: exactly the union of its objects, also where masks overlap, and empty for
+an expression with no target. Object velocity and the union of all objects (Eq. 7) read the
+labels as object ids: exact where masks do not overlap (then label = object), and a pixel
+covered by two objects counts as one more object there.
+
 Every problem is an error naming the file, video, expression or anno_id; RLE is decoded with
 pycocotools (the library the MeViS scripts use), not by hand.
 """

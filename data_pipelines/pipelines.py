@@ -10,6 +10,10 @@ keys of notes/conventions.md:
   frame_index (B,T) int32 (frame number in the video, -1 on padding)
   video (B,) bytes, exp_id (B,) bytes, obj_id (B,) int32
 
+The target of an expression is its object's mask (Refer-YouTube-VOS layout), or for MeViS-layout
+records the union of its objects' masks, empty for an expression with no target
+(mevis_layout; obj_id there: the one object, -1 for several, 0 for none).
+
 Evaluation adds frame_name (B,T) bytes,
 orig_size (B,2) int32 (masks are written back at that size) and example_valid (B,) bool
 (False for the filler examples that complete the last batch).

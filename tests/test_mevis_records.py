@@ -305,3 +305,24 @@ def test_main_on_refer_shapes_mevis_scores_valid_u_and_zips_valid(tmp_path):
   meta = mevis_layout.read_meta_expressions(str(root / 'valid' / 'meta_expressions.json'))
   assert sorted(names) == sorted(f'{v}/{e}/{f}.png' for v, entry in meta.items()
                                  for e in entry['expressions'] for f in entry['frames'])
+
+
+def test_mevis_config_and_builder_on_the_published_layout(mevis_root, tmp_path):
+  from configs import mevis, refer_youtube_vos  # noqa: PLC0415
+
+  config, paper = mevis.get_config(), refer_youtube_vos.get_config()
+  assert (config.data.name, config.data.eval_split) == ('mevis', 'valid_u')
+  assert config.train.final_eval and config.model.to_dict() == paper.model.to_dict()
+  assert (config.data.num_frames, config.data.height, config.data.width) == (12, 240, 432)
+  with pytest.raises(ValueError, match='config.data.root is empty'):
+    builders.prepare(config.data)
+  # 'mevis' reads a MeViS root as it is (never generated): the same records as above.
+  data = _config(mevis_root, name='mevis', tfds_data_dir=str(tmp_path / 'tfds'))
+  builder = builders.prepare(data)
+  assert builder.name == 'mevis' and set(builder.info.splits) == {'train', 'valid_u', 'valid'}
+  with pytest.raises(FileNotFoundError, match=r'root=\S*nowhere does not exist. Point '
+                                              r'manual_dir .* in the MeViS layout'):
+    builders.prepare(_config(tmp_path / 'nowhere', name='mevis'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='no <split>/meta_expressions.json'):
+    builders.prepare(_config(tmp_path / 'empty', name='mevis'))

@@ -116,13 +116,15 @@ def batch_norm(frozen: bool, train: bool, name: str):
   return lambda x: bn(x).astype(x.dtype)
 
 
-def conv(features: int, kernel: int, stride: int, name: str, dilation: int = 1) -> nn.Conv:
-  """Bias-free conv with torch's symmetric padding dilation * (k // 2) (never 'SAME': it pads
-  asymmetrically)."""
+def conv(features: int, kernel: int, stride: int, name: str, dilation: int = 1,
+         use_bias: bool = False) -> nn.Conv:
+  """Conv (bias-free, as torchvision's ResNets; use_bias for STCN's value encoder, whose ResNet
+  convs have biases) with torch's symmetric padding dilation * (k // 2) (never 'SAME': it
+  pads asymmetrically)."""
   pad = dilation * (kernel // 2)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
-                 use_bias=False, kernel_init=_conv_init, name=name)
+                 use_bias=use_bias, kernel_init=_conv_init, name=name)
 
 
 class Downsample(nn.Module):
@@ -130,10 +132,11 @@ class Downsample(nn.Module):
   features: int
   stride: int
   frozen_bn: bool
+  conv_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = conv(self.features, 1, self.stride, name='0')(x)
+    x = conv(self.features, 1, self.stride, name='0', use_bias=self.conv_bias)(x)
     return batch_norm(self.frozen_bn, train, name='1')(x)
 
 
@@ -143,16 +146,19 @@ class BasicBlock(nn.Module):
   stride: int
   frozen_bn: bool
   dilation: int = 1  # torchvision refuses dilation in BasicBlock; we allow it (both 3x3 convs)
+  conv_bias: bool = False
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    out = conv(self.planes, 3, self.stride, name='conv1', dilation=self.dilation)(x)
+    b = self.conv_bias
+    out = conv(self.planes, 3, self.stride, name='conv1', dilation=self.dilation, use_bias=b)(x)
     out = nn.relu(batch_norm(self.frozen_bn, train, name='bn1')(out))
-    out = conv(self.planes, 3, 1, name='conv2', dilation=self.dilation)(out)
+    out = conv(self.planes, 3, 1, name='conv2', dilation=self.dilation, use_bias=b)(out)
     out = batch_norm(self.frozen_bn, train, name='bn2')(out)
     if self.stride != 1 or x.shape[-1] != self.planes:
-      x = Downsample(self.planes, self.stride, self.frozen_bn, name='downsample')(x, train)
+      x = Downsample(self.planes, self.stride, self.frozen_bn, conv_bias=b,
+                     name='downsample')(x, train)
     return nn.relu(out + x)
 
 
@@ -192,17 +198,22 @@ class ResLayer(nn.Module):
   frozen_bn: bool
   previous_dilation: int = 1
   dilate: bool = False
+  conv_bias: bool = False  # BasicBlock only (STCN's value encoder)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    block_cls = BasicBlock if self.block == 'basic' else Bottleneck
     stride, dilation = self.stride, self.previous_dilation
     if self.dilate:
       stride, dilation = 1, self.previous_dilation * self.stride
     for i in range(self.num_blocks):
-      x = block_cls(self.planes, stride if i == 0 else 1, self.frozen_bn,
-                    dilation=self.previous_dilation if i == 0 else dilation, name=str(i))(
-        x, train)
+      kwargs = dict(dilation=self.previous_dilation if i == 0 else dilation, name=str(i))
+      if self.block == 'basic':
+        x = BasicBlock(self.planes, stride if i == 0 else 1, self.frozen_bn,
+                       conv_bias=self.conv_bias, **kwargs)(x, train)
+      else:
+        if self.conv_bias:
+          raise ValueError('conv_bias is only implemented for BasicBlock layers')
+        x = Bottleneck(self.planes, stride if i == 0 else 1, self.frozen_bn, **kwargs)(x, train)
     return x
 
 
