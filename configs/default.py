@@ -106,6 +106,21 @@ def get_config() -> ml_collections.ConfigDict:
   # Start from another run's parameters (fine-tuning): its workdir or checkpoints/ dir.
   train.init_from = ''
 
+  # Inference (--mode eval / predict; training's own evaluations never propagate). §3.4 / Table
+  # 4: 'stcn' propagates each expression's most confident mask through its video with STCN
+  # (rvos_jax/propagation.py), from stcn_checkpoint (python -m rvos_jax.port_stcn, or STCN
+  # trained here). STCN's settings: a memory frame every mem_every frames from the reference,
+  # the top_k affinities; the bank holds the reference and at most max_memory_frames more (the
+  # oldest replaced), so long videos stay within memory; frames shrunk to a shorter side of
+  # short_side (STCN's 480p).
+  config.inference = inference = ml_collections.ConfigDict()
+  inference.propagation = 'none'
+  inference.stcn_checkpoint = ''
+  inference.mem_every = 5
+  inference.top_k = 20
+  inference.max_memory_frames = 16
+  inference.short_side = 480
+
   # Devices (rvos_jax/sharding.py, README "Scaling out"). A (data, model) mesh over all devices
   # of all processes; -1 = the devices the other axis leaves. The batch is split over both axes
   # (every device gets distinct clips); 'model' also shards large parameters and their Adam

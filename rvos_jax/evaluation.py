@@ -436,14 +436,16 @@ RESULTS_TABLE = 'results.txt'
 
 
 def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: str, *,
-                   split: str | None = None, **evaluate_kwargs) -> dict:
+                   split: str | None = None, propagator=None, **evaluate_kwargs) -> dict:
   """Predicts `split` (default config.data.eval_split) into <output_dir>/Annotations with
   `rvos_jax.predict.predict_split`, scores it with `evaluate_folder` against
   <root>/<split>/Annotations and <root>/meta_expressions/<split>/meta_expressions.json (per kind
   when expression_kinds.json is there; per annotator for refer_davis17), writes
   <output_dir>/results.json and results.txt (the table) and returns the results dict.
 
-  config: the full config or config.data. evaluate_kwargs go to evaluate_folder.
+  config: the full config or config.data. propagator: rvos_jax.propagation (the masks then
+  propagated from each expression's most confident frame, §3.4). evaluate_kwargs go to the
+  scorer.
   """
   from rvos_jax import predict  # noqa: PLC0415 -- keeps the scorer CLI free of JAX.
 
@@ -456,7 +458,7 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
                             f'({layouts.mask_dict_path(root, split)} is missing): it can only be '
                             'predicted (--mode predict) and scored by its server')
     predict.predict_split(predict_fn, variables, data_config, builder, vocab, output_dir,
-                          split=split)
+                          split=split, propagator=propagator)
     results = evaluate_mevis_folder(os.path.join(output_dir, 'Annotations'),
                                     os.path.join(root, split), **evaluate_kwargs)
     return _write_results(results, split, output_dir)
@@ -470,7 +472,7 @@ def evaluate_model(predict_fn, variables, config, builder, vocab, output_dir: st
                           'predict) and scored by its server')
   evaluate_kwargs.setdefault('annotator_average', data_config.get('name') == 'refer_davis17')
   predict.predict_split(predict_fn, variables, data_config, builder, vocab, output_dir,
-                        split=split)
+                        split=split, propagator=propagator)
   results = evaluate_folder(os.path.join(output_dir, 'Annotations'), annotations, meta,
                             **evaluate_kwargs)
   results['settings']['split'] = split

@@ -6,7 +6,8 @@
 
 Both restore the latest checkpoint of a workdir strictly (restore_for_inference: the vocabulary
 and the config must match) and hand the variables to rvos_jax.predict, which does the work
-without knowing about checkpoints.
+without knowing about checkpoints. With config.inference.propagation='stcn' both propagate
+each expression's most confident mask with STCN (rvos_jax.propagation; §3.4).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from absl import logging
 
 from data_pipelines import builders
 from data_pipelines.vocabulary import Vocabulary
-from rvos_jax import checkpointing, evaluation, predict, sharding, train
+from rvos_jax import checkpointing, evaluation, predict, propagation, sharding, train
 from rvos_jax.models import mlrl_sa
 
 
@@ -51,7 +52,8 @@ def evaluate_checkpoint(config, workdir: str, output_dir: str | None = None) -> 
   builder = builders.prepare(config.data)
   output_dir = output_dir or os.path.join(os.path.abspath(workdir), 'eval', 'latest')
   results = evaluation.evaluate_model(predict.make_predict_fn(model), variables, config,
-                                      builder, vocab, output_dir)
+                                      builder, vocab, output_dir,
+                                      propagator=propagation.from_config(config))
   print(evaluation.format_table(results))
   return results
 
@@ -62,4 +64,5 @@ def predict_checkpoint(config, workdir: str, *, video=None, expression=None,
   submission zip."""
   model, variables, vocab = restore_for_inference(config, workdir)
   return predict.predict_main(config, workdir, variables=variables, vocab=vocab, model=model,
-                              video=video, expression=expression, output_dir=output_dir)
+                              video=video, expression=expression, output_dir=output_dir,
+                              propagator=propagation.from_config(config))

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from data_pipelines import layouts, ytvos_layout
 from data_pipelines import vocabulary as vocabulary_lib
 from data_pipelines import windows as windows_lib
-from rvos_jax import precision
+from rvos_jax import precision, propagation
 from rvos_jax.progress import ProgressLog
 
 # (variables, frames (B,T,H,W,3) float32 in [0,1], tokens (B,N), token_mask (B,N))
@@ -226,18 +226,21 @@ def probabilities_to_masks(probabilities: np.ndarray, size: tuple[int, int]) -> 
 
 def segment_video(predict_fn: PredictFn, variables, frames_uint8: np.ndarray, expression: str,
                   vocab: vocabulary_lib.Vocabulary, data_config: ml_collections.ConfigDict, *,
-                  where: str = 'video') -> np.ndarray:
+                  where: str = 'video', propagator=None) -> np.ndarray:
   """Masks (n, H0, W0) bool of the object `expression` refers to, at the video's own size.
 
   frames_uint8: (n, H0, W0, 3) uint8 RGB. data_config: config.data (or the full config).
+  propagator: a rvos_jax.propagation.Propagator (config.inference.propagation='stcn'): the
+  most confident frame's mask propagated through the video (§3.4).
   """
-  probs, _ = video_probabilities(predict_fn, variables, frames_uint8, expression, vocab,
-                                 data_config, where=where)
+  probs, conf = video_probabilities(predict_fn, variables, frames_uint8, expression, vocab,
+                                    data_config, where=where)
   size = frames_uint8.shape[1:3]
   T = _data_config(data_config).num_frames
   # One window at a time keeps the full-size float copy small for long, large videos.
-  return np.concatenate([probabilities_to_masks(probs[s:s + T], size)
-                         for s in range(0, len(probs), T)])
+  masks = np.concatenate([probabilities_to_masks(probs[s:s + T], size)
+                          for s in range(0, len(probs), T)])
+  return propagation.refine(propagator, frames_uint8, masks, conf, where=where)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,6 +340,12 @@ def video_fps(path: str, default: float = DEFAULT_FPS) -> float:
 # ------------------------------------------------------------------------------------------------
 # Writing masks and overlays.
 # ------------------------------------------------------------------------------------------------
+
+
+def read_mask(path: str) -> np.ndarray:
+  """A mask PNG written by write_mask -> (H, W) bool."""
+  with Image.open(path) as im:
+    return np.asarray(im.convert('L')) > 127
 
 
 def write_mask(path: str, mask: np.ndarray) -> None:
@@ -534,15 +543,44 @@ def write_submission_zip(output_dir: str, zip_path: str, layout: str = layouts.Y
   return zip_path
 
 
+def _propagate_written(propagator, data_config, split: str, annotations: str,
+                       frame_names: dict[tuple[str, str], dict[int, str]],
+                       confidence: dict[str, dict[str, dict[int, float]]],
+                       log_every_s: float) -> None:
+  """Replaces the written masks of every expression by their propagation (§3.4)."""
+  root = os.path.abspath(os.path.expanduser(data_config.root))
+  progress = ProgressLog(f'propagate {split}', len(frame_names), 'expressions',
+                         every_s=log_every_s)
+  frames, frames_of = None, None
+  for i, ((video, exp_id), names) in enumerate(sorted(frame_names.items())):
+    order = [names[t] for t in sorted(names)]
+    if frames_of != video:  # expressions of one video are consecutive: read its frames once
+      frames = np.stack([read_frame(os.path.join(root, split, 'JPEGImages', video, n + '.jpg'))
+                         for n in order])
+      frames_of = video
+    exp_dir = os.path.join(annotations, video, exp_id)
+    masks = np.stack([read_mask(os.path.join(exp_dir, n + '.png')) for n in order])
+    conf = np.asarray([confidence[video][exp_id][t] for t in sorted(names)])
+    refined = propagation.refine(propagator, frames, masks, conf,
+                                 where=f'video {video!r} expression {exp_id!r}')
+    write_masks(refined, order, exp_dir)
+    progress.update(i + 1)
+  progress.finish()
+
+
 def predict_split(predict_fn: PredictFn, variables, config: ml_collections.ConfigDict, builder,
                   vocab: vocabulary_lib.Vocabulary, output_dir: str, *, split: str | None = None,
                   zip_path: str | None = None, process_index: int | None = None,
-                  process_count: int | None = None, log_every_s: float = 10.0) -> str:
+                  process_count: int | None = None, log_every_s: float = 10.0,
+                  propagator=None) -> str:
   """Masks of every (video, expression) of `split` (default config.data.eval_split).
 
   Writes <output_dir>/Annotations/<video>/<exp_id>/<frame>.png (0/255, at the video's original
   size; only real examples and frames), <output_dir>/confidence.json ({video: {exp_id: [sigmoid(C)
-  per frame]}}, for the optional propagation of §3.4), and with `zip_path` the submission zip.
+  per frame]}}, the reference of the propagation), and with `zip_path` the submission zip. With a
+  `propagator` (rvos_jax.propagation), each expression's masks are then replaced by the most
+  confident frame's mask propagated through its video (frames read from
+  <root>/<split>/JPEGImages).
   An existing <output_dir>/Annotations is replaced. Each host predicts its own share of the
   videos; all must see the same output_dir. Returns output_dir.
   """
@@ -562,6 +600,7 @@ def predict_split(predict_fn: PredictFn, variables, config: ml_collections.Confi
   ds = pipelines.make_eval_dataset(data_config, builder, vocab, split=split,
                                    process_index=process_index, process_count=process_count)
   written: dict[tuple[str, str], list[int]] = {}
+  frame_names: dict[tuple[str, str], dict[int, str]] = {}
   confidence: dict[str, dict[str, dict[int, float]]] = {}
 
   def write_batch(batch, probs, conf):
@@ -575,6 +614,7 @@ def predict_split(predict_fn: PredictFn, variables, config: ml_collections.Confi
       names = [batch['frame_name'][b][t].decode() for t in valid]
       write_masks(masks, names, exp_dir)
       indices = [int(batch['frame_index'][b][t]) for t in valid]
+      frame_names.setdefault((video, exp_id), {}).update(zip(indices, names, strict=True))
       written.setdefault((video, exp_id), []).extend(indices)
       scores = confidence.setdefault(video, {}).setdefault(exp_id, {})
       scores.update({i: float(conf[b, t]) for i, t in zip(indices, valid, strict=True)})
@@ -608,6 +648,9 @@ def predict_split(predict_fn: PredictFn, variables, config: ml_collections.Confi
       missing = sorted(expected - set(written))
       raise PredictError(f'{split}: {len(missing)} expressions got no prediction, e.g. '
                          f'{missing[:3]}')
+  if propagator is not None:
+    _propagate_written(propagator, data_config, split, annotations, frame_names, confidence,
+                       log_every_s)
   conf_name = 'confidence.json' if process_count == 1 else f'confidence.{process_index}.json'
   with open(os.path.join(output_dir, conf_name), 'w', encoding='utf-8') as f:
     json.dump({v: {e: [s[i] for i in sorted(s)] for e, s in es.items()}
@@ -629,13 +672,15 @@ def predict_split(predict_fn: PredictFn, variables, config: ml_collections.Confi
 
 def predict_video(predict_fn: PredictFn, variables, config: ml_collections.ConfigDict,
                   vocab: vocabulary_lib.Vocabulary, video: str, expression: str,
-                  output_dir: str, *, fps: float | None = None) -> dict[str, Any]:
+                  output_dir: str, *, fps: float | None = None,
+                  propagator=None) -> dict[str, Any]:
   """Segments one video file or frame folder; writes <output_dir>/masks/<frame>.png and the
   overlays. Returns {'masks': [png paths], 'gif': path, 'mp4': path (with imageio-ffmpeg),
   'strip': a still of four frames,
   'num_frames': n}."""
   frames, names = read_video(video)
-  masks = segment_video(predict_fn, variables, frames, expression, vocab, config, where=video)
+  masks = segment_video(predict_fn, variables, frames, expression, vocab, config, where=video,
+                        propagator=propagator)
   paths = write_masks(masks, names, os.path.join(output_dir, 'masks'))
   overlays = write_overlays(frames, masks, output_dir, fps=fps if fps else video_fps(video),
                             expression=expression)
@@ -648,7 +693,8 @@ def predict_main(config: ml_collections.ConfigDict, workdir: str, *, variables,
                  vocab: vocabulary_lib.Vocabulary, model=None,
                  predict_fn: PredictFn | None = None, video: str | None = None,
                  expression: str | None = None, output_dir: str | None = None,
-                 builder=None, zip_submission: bool = True) -> dict[str, Any]:
+                 builder=None, zip_submission: bool = True,
+                 propagator=None) -> dict[str, Any]:
   """`main.py --mode predict`. The caller loads the checkpoint and the vocabulary.
 
   With `video` and `expression`: predict_video into `output_dir` (default
@@ -666,7 +712,8 @@ def predict_main(config: ml_collections.ConfigDict, workdir: str, *, variables,
   if video is not None:
     name = os.path.splitext(os.path.basename(os.path.normpath(video)))[0] or 'video'
     output_dir = output_dir or os.path.join(workdir, 'predictions', name)
-    result = predict_video(predict_fn, variables, config, vocab, video, expression, output_dir)
+    result = predict_video(predict_fn, variables, config, vocab, video, expression, output_dir,
+                           propagator=propagator)
     logging.info('segmented %d frames of %s: %s', result['num_frames'], video, output_dir)
     return {'output_dir': output_dir, **result}
 
@@ -678,7 +725,7 @@ def predict_main(config: ml_collections.ConfigDict, workdir: str, *, variables,
   builder = builder or builders.prepare(data_config)
   zip_path = os.path.join(output_dir, 'submission.zip') if zip_submission else None
   predict_split(predict_fn, variables, data_config, builder, vocab, output_dir, split=split,
-                zip_path=zip_path)
+                zip_path=zip_path, propagator=propagator)
   result = {'output_dir': output_dir, 'annotations': os.path.join(output_dir, 'Annotations')}
   if zip_path:
     result['zip'] = zip_path
