@@ -37,6 +37,17 @@ def main(argv):
   from rvos_jax import inference, train  # noqa: PLC0415 -- after TF is confined
   config = FLAGS.config
   logging.info('config:\n%s', config)
+  if config.get('task', 'rvos') == 'propagation':  # STCN for §3.4's propagation
+    from rvos_jax import propagation_train  # noqa: PLC0415
+    if FLAGS.mode == 'predict':
+      raise app.UsageError('the propagation network has no --mode predict of its own: set '
+                           '--config.inference.propagation=stcn on an MLRL-SA config')
+    if FLAGS.mode == 'train':
+      propagation_train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+      propagation_train.evaluate_vos(config, propagation_train.export_dir(FLAGS.workdir),
+                                     FLAGS.output_dir or f'{FLAGS.workdir}/eval')
+    return
   if FLAGS.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':

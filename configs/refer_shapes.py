@@ -101,6 +101,10 @@ def get_config(arg: str | None = None):
   optim.backbone_learning_rate = optim.learning_rate = 1e-3
   optim.warmup_steps = 100
 
+  # §3.4's propagation (off; --config.inference.propagation=stcn turns it on for --mode eval
+  # and predict): the STCN that configs/propagation_refer_shapes.py trains.
+  config.inference.stcn_checkpoint = 'workdirs/propagation_refer_shapes/stcn'
+
   train = config.train
   # 1.27-1.38 steps/s on this project's 2-core machine (its speed drifts): generation,
   # training, evaluation and overlays in under 15 minutes on its slower days.

@@ -16,7 +16,6 @@ Set `config.model.backbone_init` to output_dir; model init then calls
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -63,14 +62,6 @@ def port_state_dict(state_dict: Mapping[str, np.ndarray], depth: int = 50
   return porting.merge_collections(variables), dropped
 
 
-def sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def port_checkpoint(torch_checkpoint: str, output_dir: str, depth: int = 50) -> dict[str, Any]:
   """Reads, ports and writes; returns the metadata written next to the checkpoint."""
   if os.path.exists(os.path.join(output_dir, porting.ARRAYS_DIR)):
@@ -85,7 +76,7 @@ def port_checkpoint(torch_checkpoint: str, output_dir: str, depth: int = 50) -> 
     'format': 'rvos_jax ResNet backbone: module path -> kernel/scale/bias/mean/var',
     'depth': depth,
     'source': os.path.abspath(torch_checkpoint),
-    'sha256': sha256(torch_checkpoint),
+    'sha256': porting.sha256(torch_checkpoint),
     'num_ported_arrays': len(leaves),
     'num_parameters': int(sum(x.size for x in leaves)),
     'dropped_keys': dropped,

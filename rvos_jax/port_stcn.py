@@ -28,7 +28,6 @@ from absl import app, flags, logging
 
 from rvos_jax import porting
 from rvos_jax.models import stcn
-from rvos_jax.port_resnet50 import sha256
 
 # The released model's widths (STCN's defaults); port_metadata.json records them.
 RELEASED = dict(key_depth=50, value_depth=18, width=1.0, key_dim=64, value_dim=512,
@@ -86,7 +85,7 @@ def port_checkpoint(torch_checkpoint: str, output_dir: str, **architecture) -> d
       'format': 'rvos_jax STCN: module path -> kernel/scale/bias/mean/var',
       'architecture': {f: getattr(model, f) for f in RELEASED},
       'source': os.path.abspath(torch_checkpoint),
-      'sha256': sha256(torch_checkpoint),
+      'sha256': porting.sha256(torch_checkpoint),
       'num_ported_arrays': len(leaves),
       'num_parameters': int(sum(x.size for x in leaves)),
       'notes': notes,

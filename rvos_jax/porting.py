@@ -25,6 +25,7 @@ an Orbax checkpoint and place it into a model's variables.
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import json
 import os
@@ -459,6 +460,15 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 METADATA_FILE = 'port_metadata.json'
 ARRAYS_DIR = 'arrays'
+
+
+def sha256(path: str | os.PathLike) -> str:
+  """Hex digest of a file (recorded beside every port: which file the weights came from)."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def merge_collections(variables: Variables, *, prefix: str = '') -> dict[str, Any]:

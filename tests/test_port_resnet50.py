@@ -240,7 +240,7 @@ def test_port_metadata_lists_dropped_keys(resnet50, ported):
   assert metadata['dropped_keys'] == sorted(['fc.bias', 'fc.weight', *nbt])
   assert metadata['depth'] == 50
   assert metadata['source'] == str(path)
-  assert metadata['sha256'] == port_resnet50.sha256(str(path))
+  assert metadata['sha256'] == porting.sha256(str(path))
   assert metadata['num_ported_arrays'] == 53 + 53 * 4  # 53 convs, 53 BNs x 4
   assert metadata['num_parameters'] == sum(
     v.numel() for k, v in model.state_dict().items() if not port_resnet50.is_dropped_key(k))
