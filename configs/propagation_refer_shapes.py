@@ -1,7 +1,8 @@
 """STCN for the propagation of §3.4 (Table 4), trained on refer_shapes' instance masks at a CPU
 size (rvos_jax/propagation_train.py; no STCN weights can be downloaded here):
 
-  python main.py --config configs/propagation_refer_shapes.py --workdir workdirs/propagation_refer_shapes
+  python main.py --config configs/propagation_refer_shapes.py \\
+      --workdir workdirs/propagation_refer_shapes
   # then MLRL-SA with propagation (configs/refer_shapes.py points at <that workdir>/stcn):
   python main.py --config configs/refer_shapes.py --workdir workdirs/refer_shapes --mode eval \\
       --config.inference.propagation=stcn
