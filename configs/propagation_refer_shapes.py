@@ -45,6 +45,8 @@ def get_config(arg: str | None = None):
   t.bootstrap_start = t.num_steps // 7
   t.bootstrap_end = t.num_steps // 2
   t.top_p = 0.15
+  # Not STCN's: a Dice loss beside the bootstrapped cross-entropy (0 = STCN's loss alone).
+  t.dice_weight = 0.0
   t.log_every = 50
   t.checkpoint_every = 250
   if arg == 'smoke':

@@ -73,8 +73,9 @@ def bootstrapped_cross_entropy(logits: jax.Array, target: jax.Array, fraction) -
 
 
 def clip_loss(model: stcn.STCN, params, batch_stats, frames: jax.Array, masks: jax.Array,
-              fraction) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """frames (B, 3, H, W, 3) normalised, masks (B, 3, H, W): STCN's 3-frame training pass."""
+              fraction, dice_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """frames (B, 3, H, W, 3) normalised, masks (B, 3, H, W): STCN's 3-frame training pass.
+  dice_weight > 0 adds a Dice loss (not STCN's) of each propagated frame's soft mask."""
   v = {'params': params, 'batch_stats': batch_stats}
   b, t, h, w, _ = frames.shape
   key, qv, f16, f8, f4 = model.apply(v, frames.reshape(b * t, h, w, 3),
@@ -89,9 +90,18 @@ def clip_loss(model: stcn.STCN, params, batch_stats, frames: jax.Array, masks: j
   for i in (1, 2):
     logits = model.apply(v, key[:, i], qv[:, i], f8[:, i], f4[:, i], mem_keys, mem_values,
                          method=stcn.STCN.segment)
-    agg = stcn.aggregate(jax.nn.sigmoid(logits))  # (B, 2, H, W)
+    # STCN's soft aggregation of one object with the background is softmax([-x, x]) of the
+    # decoder's logit x (= sigmoid(2x)), up to its clamp of the probabilities to [1e-7,
+    # 1 - 1e-7]; the clamp has no gradient, and a network trained from scratch that saturates
+    # below 1e-7 on the object (1.4% of the pixels here) never recovers: the loss takes the
+    # unclamped form.
+    agg = jnp.concatenate([-logits, logits], 1)  # (B, 2, H, W)
     total = total + bootstrapped_cross_entropy(agg, masks[:, i], fraction)
-    prob = jax.nn.softmax(agg, axis=1)[:, 1]
+    prob = jax.nn.sigmoid(2 * logits[:, 0])
+    if dice_weight:
+      inter = jnp.sum(prob * masks[:, i], (1, 2))
+      dice = 1 - (2 * inter + 1) / (jnp.sum(prob, (1, 2)) + jnp.sum(masks[:, i], (1, 2)) + 1)
+      total = total + dice_weight * jnp.mean(dice)
     pred, gt = prob > 0.5, masks[:, i] > 0.5
     inter = jnp.sum(pred & gt, (1, 2))
     union = jnp.sum(pred | gt, (1, 2))
@@ -161,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     fraction = bootstrap_fraction(state['step'], c.bootstrap_start, c.bootstrap_end, c.top_p)
     frames = stcn.normalize(frames)
     (_, aux), grads = jax.value_and_grad(
-        lambda p: clip_loss(model, p, batch_stats, frames, masks, fraction), has_aux=True)(
+        lambda p: clip_loss(model, p, batch_stats, frames, masks, fraction,
+                            c.get('dice_weight', 0.0)), has_aux=True)(
         state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new = {'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
