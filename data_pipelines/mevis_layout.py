@@ -291,26 +291,11 @@ def iter_split(root: str, split: str, *, verify_jpeg: bool = True,
   if mask_dict is None:
     logging.info('split %r of %s has no %s: unscored (predicted and zipped for the server)',
                  split, root, MASK_DICT)
-  counts = Counter()
-  for video in sorted(videos):
-    try:
-      record = load_video(root, split, video, videos[video], mask_dict,
-                          verify_jpeg=verify_jpeg, skip_bad_samples=skip_bad_samples,
-                          counts=counts)
-    except ytvos_layout.BadSampleError as e:
-      if not skip_bad_samples:
-        raise
-      counts['bad videos'] += 1
-      logging.warning('skipping: %s', e)
-      continue
-    yield video, record
-  if videos and counts['bad videos'] == len(videos):
-    raise ytvos_layout.BadSampleError(f'{root}/{split}: none of the {len(videos)} videos is '
-                                      'usable')
-  if counts:
-    logging.warning('%s/%s: skipped %d bad videos and %d bad expressions of %d videos '
-                    '(skip_bad_samples=True)', root, split, counts['bad videos'],
-                    counts['bad expressions'], len(videos))
+  yield from ytvos_layout.load_videos(
+      videos, lambda video, counts: load_video(
+          root, split, video, videos[video], mask_dict, verify_jpeg=verify_jpeg,
+          skip_bad_samples=skip_bad_samples, counts=counts),
+      where=f'{root}/{split}', skip_bad_samples=skip_bad_samples)
 
 
 # ------------------------------------------------------------------------------ writing

@@ -26,7 +26,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 from absl import logging
@@ -280,12 +280,22 @@ def iter_split(root: str, split: str, *, verify_jpeg: bool = True,
                     split, os.path.join(root, split, 'Annotations'),
                     meta_expressions_path(root, split))
     read_masks = False
+  yield from load_videos(
+      videos, lambda video, counts: load_video(
+          root, split, video, videos[video], verify_jpeg=verify_jpeg,
+          skip_bad_samples=skip_bad_samples, counts=counts, read_masks=read_masks),
+      where=f'{root}/{split}', skip_bad_samples=skip_bad_samples)
+
+
+def load_videos(videos: Mapping, load: Callable[[str, Counter], dict], *, where: str,
+                skip_bad_samples: bool) -> Iterator[tuple[str, dict]]:
+  """(video, load(video, counts)) for every video in sorted order: a BadSampleError raises, or
+  with skip_bad_samples drops the video; a split none of whose videos is usable raises, and
+  what was skipped is counted in one warning (load counts 'bad expressions' itself)."""
   counts = Counter()
   for video in sorted(videos):
     try:
-      record = load_video(root, split, video, videos[video], verify_jpeg=verify_jpeg,
-                          skip_bad_samples=skip_bad_samples, counts=counts,
-                          read_masks=read_masks)
+      record = load(video, counts)
     except BadSampleError as e:
       if not skip_bad_samples:
         raise
@@ -293,11 +303,11 @@ def iter_split(root: str, split: str, *, verify_jpeg: bool = True,
       logging.warning('skipping: %s', e)
       continue
     yield video, record
-  if counts['bad videos'] == len(videos):
-    raise BadSampleError(f'{root}/{split}: none of the {len(videos)} videos is usable')
+  if videos and counts['bad videos'] == len(videos):
+    raise BadSampleError(f'{where}: none of the {len(videos)} videos is usable')
   if counts:
-    logging.warning('%s/%s: skipped %d bad videos and %d bad expressions of %d videos '
-                    '(skip_bad_samples=True)', root, split, counts['bad videos'],
+    logging.warning('%s: skipped %d bad videos and %d bad expressions of %d videos '
+                    '(skip_bad_samples=True)', where, counts['bad videos'],
                     counts['bad expressions'], len(videos))
 
 
