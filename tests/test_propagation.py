@@ -134,6 +134,11 @@ def test_config_switch(models):
   config = refer_shapes.get_config('smoke')
   assert propagation.from_config(config) is None  # 'none' by default
   config.inference.propagation = 'stcn'
+  # configs/refer_shapes.py points at the STCN that configs/propagation_refer_shapes.py trains
+  with pytest.raises(FileNotFoundError, match=r'propagation_refer_shapes/stcn: no '
+                                              r'port_metadata.json'):
+    propagation.from_config(config)
+  config.inference.stcn_checkpoint = ''
   with pytest.raises(ValueError, match='needs config.inference.stcn_checkpoint'):
     propagation.from_config(config)
   config.inference.update(stcn_checkpoint=models[1], mem_every=3, max_memory_frames=4)
