@@ -128,15 +128,16 @@ def test_working_size_and_settings():
     propagation.Settings(mem_every=0)
 
 
-def test_config_switch(models):
+def test_config_switch(models, tmp_path):
   from configs import refer_shapes  # noqa: PLC0415
 
   config = refer_shapes.get_config('smoke')
   assert propagation.from_config(config) is None  # 'none' by default
   config.inference.propagation = 'stcn'
   # configs/refer_shapes.py points at the STCN that configs/propagation_refer_shapes.py trains
-  with pytest.raises(FileNotFoundError, match=r'propagation_refer_shapes/stcn: no '
-                                              r'port_metadata.json'):
+  assert config.inference.stcn_checkpoint == 'workdirs/propagation_refer_shapes/stcn'
+  config.inference.stcn_checkpoint = str(tmp_path / 'untrained')
+  with pytest.raises(FileNotFoundError, match=r'untrained: no port_metadata.json'):
     propagation.from_config(config)
   config.inference.stcn_checkpoint = ''
   with pytest.raises(ValueError, match='needs config.inference.stcn_checkpoint'):
