@@ -196,7 +196,7 @@ def prepare(config: ml_collections.ConfigDict) -> _LayoutBuilder:
                             f'{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
   data_dir = config.get('tfds_data_dir') or os.path.join(root, 'tfds')
   builder = cls(data_dir=data_dir, skip_bad_samples=config.skip_bad_samples,
-                                  verify_jpeg=config.get('verify_jpeg', True))
+                verify_jpeg=config.get('verify_jpeg', True))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(
           manual_dir=root, try_download_gcs=False,
