@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from data_pipelines import layouts, ytvos_layout
 from data_pipelines import vocabulary as vocabulary_lib
 from data_pipelines import windows as windows_lib
-from rvos_jax import precision, propagation
+from rvos_jax import evaluation, precision, propagation
 from rvos_jax.progress import ProgressLog
 
 # (variables, frames (B,T,H,W,3) float32 in [0,1], tokens (B,N), token_mask (B,N))
@@ -342,12 +342,6 @@ def video_fps(path: str, default: float = DEFAULT_FPS) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def read_mask(path: str) -> np.ndarray:
-  """A mask PNG written by write_mask -> (H, W) bool."""
-  with Image.open(path) as im:
-    return np.asarray(im.convert('L')) > 127
-
-
 def write_mask(path: str, mask: np.ndarray) -> None:
   """Binary PNG: 0 background, 255 object (mode L; what the submission server reads)."""
   Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode='L').save(path, format='PNG')
@@ -559,7 +553,8 @@ def _propagate_written(propagator, data_config, split: str, annotations: str,
                          for n in order])
       frames_of = video
     exp_dir = os.path.join(annotations, video, exp_id)
-    masks = np.stack([read_mask(os.path.join(exp_dir, n + '.png')) for n in order])
+    masks = np.stack([evaluation.read_prediction(os.path.join(exp_dir, n + '.png'))
+                      for n in order])
     conf = np.asarray([confidence[video][exp_id][t] for t in sorted(names)])
     refined = propagation.refine(propagator, frames, masks, conf,
                                  where=f'video {video!r} expression {exp_id!r}')

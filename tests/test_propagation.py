@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rvos_jax import port_stcn, porting, predict, propagation
+from rvos_jax import evaluation, port_stcn, porting, predict, propagation
 from rvos_jax.models import stcn
 from tests import parity
 from tests.torch_reference import stcn as ref
@@ -175,7 +175,7 @@ def test_predict_split_writes_the_propagated_masks(models, tiny_root, tiny_build
   video = sorted(confidence)[0]
   exp_id = sorted(confidence[video])[0]
   names = sorted(os.listdir(out / 'Annotations' / video / exp_id))
-  got = np.stack([predict.read_mask(str(out / 'Annotations' / video / exp_id / n))
+  got = np.stack([evaluation.read_prediction(str(out / 'Annotations' / video / exp_id / n))
                   for n in names])
   frames = np.stack([predict.read_frame(os.path.join(tiny_root, 'valid', 'JPEGImages', video,
                                                      n.replace('.png', '.jpg'))) for n in names])
