@@ -188,3 +188,38 @@ def test_training_and_inference_do_not_import_the_analysis_tools():
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                         check=True)
   assert proc.stdout.strip().splitlines()[-1] == '[]', proc.stdout
+
+
+def test_eval_with_stcn_propagation_and_the_table4_runner(trained, tmp_path):
+  """--mode eval with config.inference.propagation='stcn' (an untrained STCN exported as
+  training exports it), and benchmarks/propagation.py's two settings on the same checkpoint."""
+  from benchmarks import propagation as table4  # noqa: PLC0415
+  from rvos_jax import propagation, propagation_train  # noqa: PLC0415
+  from rvos_jax.models import stcn  # noqa: PLC0415
+
+  workdir, data_root, _ = trained
+  config = smoke_config(data_root)
+  h, w = config.data.generate.height, config.data.generate.width
+  model = stcn.STCN(key_depth=18, width=0.25, key_dim=8, value_dim=16, decoder_dim=8,
+                    stem_pool=False)
+  v = model.init(jax.random.key(0), np.zeros((1, h, w, 3)), np.zeros((1, 1, h, w)),
+                 np.zeros((1, h, w, 3)))
+  propagation_train.export(model, v['params'], v['batch_stats'], str(tmp_path / 'stcn'))
+  config.inference.propagation = 'stcn'
+  config.inference.stcn_checkpoint = str(tmp_path / 'stcn')
+  results = inference.evaluate_checkpoint(config, str(workdir), output_dir=str(tmp_path / 'ev'))
+  assert 0 <= results['overall']['J&F'] <= 1
+
+  entry = {}
+  for setting, prop in (('none', None), ('stcn', propagation.from_config(config))):
+    res, seconds, frames = table4.evaluate(smoke_config(data_root), str(workdir),
+                                           str(tmp_path / setting), prop)
+    assert seconds > 0 and frames == res['overall']['num_frames'] > 0
+    entry[setting] = {'overall': table4.row(res), 'frames_per_second': frames / seconds,
+                      'per_kind': {k: table4.row(res, k) for k in res['per_kind']}}
+  # Without propagation: the checkpoint's own masks (as training's evaluation scored them).
+  step1 = json.loads((workdir / 'eval' / 'step_1' / 'results.json').read_text())
+  assert entry['none']['overall']['J&F'] == pytest.approx(step1['overall']['J&F'], abs=1e-6)
+  assert entry['stcn']['overall']['J&F'] == pytest.approx(results['overall']['J&F'], abs=1e-6)
+  md = table4.markdown({'runs': {'smoke': entry}})
+  assert md.count('| smoke |') == 2 and 'Mean J&F over runs' in md
