@@ -177,10 +177,10 @@ def refine(propagator: Propagator | None, frames: np.ndarray, masks: np.ndarray,
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> Settings:
+  """Settings from config.inference; fields it lacks keep Settings' defaults (STCN's)."""
   c = config.get('inference', ml_collections.ConfigDict())
-  return Settings(mem_every=int(c.get('mem_every', 5)), top_k=int(c.get('top_k', 20)),
-                  max_memory_frames=int(c.get('max_memory_frames', 16)),
-                  short_side=int(c.get('short_side', 480)))
+  return Settings(**{f.name: int(c[f.name]) for f in dataclasses.fields(Settings)
+                     if f.name in c})
 
 
 def from_config(config: ml_collections.ConfigDict) -> Propagator | None:
