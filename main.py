@@ -36,6 +36,8 @@ def main(argv):
 
   from rvos_jax import inference, train  # noqa: PLC0415 -- after TF is confined
   config = FLAGS.config
+  from rvos_jax import allocator  # noqa: PLC0415
+  logging.info('memory allocator: %s', allocator.describe())
   logging.info('config:\n%s', config)
   if config.get('task', 'rvos') == 'propagation':  # STCN for §3.4's propagation
     from rvos_jax import propagation_train  # noqa: PLC0415
@@ -58,4 +60,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Before anything is loaded: a retaining allocator makes the CPU step ~1.5x faster, and
+  # LD_PRELOAD only takes effect in a new process (rvos_jax/allocator.py; RVOS_JAX_ALLOCATOR).
+  from rvos_jax import allocator
+  allocator.reexec()
   app.run(main)

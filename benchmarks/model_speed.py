@@ -2,6 +2,7 @@
 
   python -m benchmarks.model_speed                               # both settings, ~15 min on 2 cores
   python -m benchmarks.model_speed --settings=embedded --repeats=3
+  python -m benchmarks.model_speed --settings=embedded --allocators=system,auto  # allocator
   python -m benchmarks.model_speed --json=benchmarks/results/cpu.json
   python -m benchmarks.model_speed --settings=paper --frameworks=jax --modes=infer --breakdown
   python -m benchmarks.model_speed --settings=embedded --frameworks=jax --modes=train \
@@ -35,7 +36,9 @@ embedded config trains its BN, but here both use frozen statistics so the work i
 no dropout. Each row runs in its own child process, one after another (never two at once: on a
 2-core machine a row beside another measures neither). The XLA flags in force are those of
 rvos_jax/xla_flags.py unless --stock is given (they only change XLA's CPU compiler; torch reads
-none of them).
+none of them). Both frameworks' rows run under the memory allocator of --allocators
+(rvos_jax/allocator.py; default auto, what main.py runs under: tcmalloc where installed);
+`system` is the process as started (glibc's malloc).
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ flags.DEFINE_integer('expressions_per_clip', 1, 'JAX train rows: K expressions p
                      'each read once by the step.')
 flags.DEFINE_multi_string('set', [], 'A config override KEY=VALUE for every row (repeatable), '
                           'e.g. --set=model.decoder_finest_stride=2: what a switch costs.')
+flags.DEFINE_list('allocators', ['auto'], 'Run every row under each of these memory allocators '
+                  '(rvos_jax/allocator.py: auto, tcmalloc, jemalloc, glibc_tuned, system; auto is '
+                  'what main.py runs under, system the process as started): before/after in one '
+                  'run.')
 flags.DEFINE_bool('stock', False, 'Without rvos_jax/xla_flags.py\'s defaults: what they buy.')
 flags.DEFINE_string('xla_flags', '', 'Extra XLA_FLAGS for every child (e.g. to try a flag).')
 flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16', 'float16'],
@@ -384,9 +391,12 @@ def child(spec: str) -> dict:
   return out
 
 
-def run_child(spec: str) -> dict:
+def run_child(spec: str, allocator_choice: str = 'auto') -> dict:
+  from rvos_jax import allocator  # noqa: PLC0415 -- imports nothing heavy
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'),
              TF_CPP_MIN_LOG_LEVEL='2')
+  env.pop(allocator.ACTIVE, None)  # this run's choice, not the one the parent may run under
+  env = allocator.environment(allocator_choice, env)
   if FLAGS.stock:
     env['RVOS_JAX_XLA_FLAGS'] = 'none'
   if FLAGS.xla_flags:
@@ -400,13 +410,13 @@ def run_child(spec: str) -> dict:
   lines = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
   if proc.returncode or not lines:
     sys.exit(f'{spec} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
-  return json.loads(lines[0][len('RESULT '):])
+  return {**json.loads(lines[0][len('RESULT '):]), 'allocator': env[allocator.ACTIVE]}
 
 
 def summarise(rows: list[dict], ceiling: dict) -> str:
   flops = {(r['setting'], r['mode']): r['flops'] for r in rows if r['framework'] == 'jax'}
-  lines = ['| setting | mode | framework | median s | spread | frames/s | compile s | GFLOP '
-           '| GFLOP/s | % peak | RSS MiB | XLA temp MiB |', '|' + '---|' * 12]
+  lines = ['| setting | mode | allocator | framework | median s | spread | frames/s | compile s '
+           '| GFLOP | GFLOP/s | % peak | RSS MiB | XLA temp MiB |', '|' + '---|' * 13]
   for r in rows:
     med = statistics.median(r['times'])
     r['median_s'] = med
@@ -414,7 +424,8 @@ def summarise(rows: list[dict], ceiling: dict) -> str:
     r['frames_per_s'] = r['frames'] / med
     f = flops.get((r['setting'], r['mode']))
     r['gflops_per_s'] = f / 1e9 / med if f else None
-    cells = [r['setting'], r['mode'], r['framework'], f'{med:.4f}', f"{100 * r['spread']:.0f}%",
+    cells = [r['setting'], r['mode'], r.get('allocator', '?'), r['framework'], f'{med:.4f}',
+             f"{100 * r['spread']:.0f}%",
              f"{r['frames_per_s']:.1f}",
              f"{r['compile_s']:.1f}" if 'compile_s' in r else '-',
              f'{f / 1e9:.1f}' if f else '?',
@@ -426,15 +437,22 @@ def summarise(rows: list[dict], ceiling: dict) -> str:
   lines.append('')
   lines.append(f"Matmul ceiling (2048^3 float32, best of 10): JAX {ceiling['jax_gflops']:.0f} "
                f"GFLOP/s, torch {ceiling['torch_gflops']:.0f} GFLOP/s.")
-  by = {(r['setting'], r['mode'], r['framework']): r for r in rows}
-  for (setting, mode, fw), r in by.items():
+  by = {(r['setting'], r['mode'], r.get('allocator'), r['framework']): r for r in rows}
+  for (setting, mode, alloc, fw), r in by.items():
     if fw != 'jax':
       continue
     for other in ('torch', 'torch_cl'):
-      if (setting, mode, other) in by:
-        ratio = by[(setting, mode, other)]['median_s'] / r['median_s']
-        lines.append(f'JAX / {other}, {setting} {mode}: {ratio:.2f}x '
+      if (setting, mode, alloc, other) in by:
+        ratio = by[(setting, mode, alloc, other)]['median_s'] / r['median_s']
+        lines.append(f'JAX / {other}, {setting} {mode}, both under {alloc}: {ratio:.2f}x '
                      f"({'JAX faster' if ratio > 1 else 'torch faster'})")
+  allocs = list(dict.fromkeys(r.get('allocator') for r in rows))
+  for alloc in allocs[1:]:  # every allocator against the first, per framework
+    for (setting, mode, a, fw), r in by.items():
+      base = by.get((setting, mode, allocs[0], fw))
+      if a == alloc and base:
+        lines.append(f'{fw}, {setting} {mode}: {alloc} against {allocs[0]}: '
+                     f"{base['median_s'] / r['median_s']:.2f}x")
   return '\n'.join(lines)
 
 
@@ -448,11 +466,13 @@ def main(argv):
   rows = []
   for setting in FLAGS.settings:
     for mode in FLAGS.modes:
-      for framework in FLAGS.frameworks:
-        rows.append(run_child(f'{setting}:{framework}:{mode}'))
-        r = rows[-1]
-        print(f"{setting} {mode} {framework}: median {statistics.median(r['times']):.4f} s "
-              f"({time.time() - t0:.0f} s so far)", flush=True)
+      for choice in FLAGS.allocators:
+        for framework in FLAGS.frameworks:
+          rows.append(run_child(f'{setting}:{framework}:{mode}', choice))
+          r = rows[-1]
+          print(f"{setting} {mode} {framework} ({r['allocator']}): median "
+                f"{statistics.median(r['times']):.4f} s ({time.time() - t0:.0f} s so far)",
+                flush=True)
   text = summarise(rows, ceiling)
   if FLAGS.expressions_per_clip > 1:
     text = (f'JAX train rows: {FLAGS.expressions_per_clip} expressions per clip (frames/s counts '
@@ -467,6 +487,7 @@ def main(argv):
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
     with open(FLAGS.json, 'w') as f:
       json.dump(dict(ceiling=ceiling, rows=rows, breakdowns=breakdowns, argv=sys.argv,
+                     allocators=FLAGS.allocators,
                      stock=FLAGS.stock, compute_dtype=FLAGS.compute_dtype), f, indent=1)
 
 
