@@ -67,6 +67,11 @@ def get_data_config() -> ml_collections.ConfigDict:
   # expressions costs far less than B*k clips. batch_size (B*k rows) must be a multiple of k.
   # 1 = independent (video, expression) draws.
   c.expressions_per_clip = 1
+  # How those k are drawn: 'random', or 'similar' (one at random, then the k - 1 of the video
+  # whose words are most like its words: pipelines.expression_similarity). In refer_shapes a
+  # motion expression then comes with its look-alike twin's: the same frames, the same words but
+  # the motion, two targets, and a mask that covers both twins is wrong twice.
+  c.expression_pairing = 'random'
   # A curriculum by expression kind (refer_shapes only: it writes each expression's kind in
   # meta_expressions/<split>/expression_kinds.json): {kind: n} enters every training expression
   # of that kind n times per pass over the data (0 drops the kind; kinds not named: once).

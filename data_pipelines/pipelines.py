@@ -157,9 +157,33 @@ def _expand_expressions(record, repeats: tf.lookup.StaticHashTable | None):
   return ds
 
 
+def expression_similarity(exps: tf.Tensor) -> tf.Tensor:
+  """(n,) expressions -> (n, n) Jaccard similarity of their sets of words (lower-cased).
+
+  "the green square moving to the left" and "the green square moving up": 4 / 7 (the, green,
+  square, moving of 7 distinct words); the first and "the red triangle": 1 / 8."""
+  words = tf.strings.split(tf.strings.lower(exps)).to_tensor('')  # (n, L), '' pads
+  real = words != ''
+  # Distinct words: a word counts once, at its first occurrence in its sentence.
+  same = tf.equal(words[:, :, None], words[:, None, :])  # (n, L, L)
+  earlier = tf.linalg.band_part(tf.ones_like(same[0], tf.int32), -1, 0) - tf.eye(
+      tf.shape(words)[1], dtype=tf.int32)  # [a, b] = 1 where b < a
+  first = real & ~tf.reduce_any(same & tf.cast(tf.transpose(earlier), tf.bool)[None], -1)
+  count = tf.reduce_sum(tf.cast(first, tf.float32), -1)  # (n,)
+  # [i, j]: distinct words of i that occur in j.
+  shared = tf.reduce_any(tf.equal(words[:, None, :, None], words[None, :, None, :]), -1)
+  common = tf.reduce_sum(tf.cast(shared & first[:, None, :], tf.float32), -1)  # (n, n)
+  union = count[:, None] + count[None, :] - common
+  return tf.math.divide_no_nan(common, union)
+
+
 def _expression_group(record, index, repeats, k: int, config):
   """Video record -> k (video, expression) elements sharing one window of frames: k distinct
-  expressions drawn at random (with repeats only when the video has fewer than k)."""
+  expressions (with repeats only when the video has fewer than k). config.expression_pairing
+  'random' draws them at random; 'similar' draws the first at random and adds the k - 1 whose
+  words are most like its words (expression_similarity; ties at random): in refer_shapes a
+  motion expression then comes with its look-alike twin's, the same frames and words but for
+  the motion, two targets."""
   record = _select_training_frames(record, index, config)
   e = record['expressions']
   keep = tf.ones_like(e['exp_id'], tf.bool)
@@ -172,8 +196,27 @@ def _expression_group(record, index, repeats, k: int, config):
       [n], tf.stack([tf.cast(config.seed, tf.int64) + 104729, index])))
   # With nothing kept, gather expression 0 (every video has one) and drop the group below:
   # gathering from an empty tensor is an error even when nothing is taken.
-  pick = tf.cond(n > 0, lambda: tf.gather(kept, tf.gather(order, tf.range(k) % tf.maximum(n, 1))),
-                 lambda: tf.zeros([k], tf.int32))
+  pairing = config.get('expression_pairing', 'random')
+  if pairing not in ('random', 'similar'):
+    raise ValueError(f"config.data.expression_pairing must be 'random' or 'similar', got "
+                     f'{pairing!r}')
+
+  def random_pick():
+    return tf.gather(kept, tf.gather(order, tf.range(k) % tf.maximum(n, 1)))
+
+  def similar_pick():
+    first = order[0]
+    sim = tf.gather(tf.gather(expression_similarity(tf.gather(e['exp'], kept)), first), order)
+    # order is a random permutation: a stable sort of it by similarity breaks ties at random.
+    sim = tf.tensor_scatter_nd_update(sim, [[0]], [-1.0])  # the first is not its own partner
+    rest = tf.gather(order, tf.argsort(-sim, stable=True))[:k - 1]
+    return tf.gather(kept, tf.concat([first[None], rest], 0))
+
+  if pairing == 'similar' and k > 1:
+    pick = tf.cond(n >= k, similar_pick, lambda: tf.cond(n > 0, random_pick,
+                                                          lambda: tf.zeros([k], tf.int32)))
+  else:
+    pick = tf.cond(n > 0, random_pick, lambda: tf.zeros([k], tf.int32))
   shared = {key: record[key] for key in ('video', 'frames', 'masks', 'frame_names', 'height',
                                          'width', 'frame_index')}
   ds = tf.data.Dataset.from_tensor_slices(

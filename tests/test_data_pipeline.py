@@ -144,6 +144,48 @@ def test_expressions_per_clip_pairs_targets_on_the_same_frames(tiny_root, tiny_b
                                  tiny_builder, tiny_vocab, process_index=0, process_count=1)
 
 
+def _jaccard(a: str, b: str) -> float:
+  a, b = set(a.lower().split()), set(b.lower().split())
+  return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def test_expression_similarity_eagerly_and_in_tf_data():
+  """Jaccard similarity of the word sets, as Python's sets compute it, both eagerly and
+  inside a tf.data map; repeated words count once, an empty expression is like nothing."""
+  import tensorflow as tf  # noqa: PLC0415
+  exps = ['the green square moving to the left', 'the green square moving up',
+          'the red triangle', 'The the red circle', '']
+  want = np.array([[_jaccard(a, b) for b in exps] for a in exps], np.float32)
+  assert want[0, 1] == pytest.approx(4 / 7) and want[0, 2] == pytest.approx(1 / 8)
+  np.testing.assert_allclose(pipelines.expression_similarity(tf.constant(exps)).numpy(), want,
+                             rtol=1e-6)
+  ds = tf.data.Dataset.from_tensors(tf.constant(exps)).map(pipelines.expression_similarity)
+  np.testing.assert_allclose(next(iter(ds)).numpy(), want, rtol=1e-6)
+
+
+def test_similar_pairing_takes_the_most_similar_expression(tiny_root, tiny_builder, tiny_vocab):
+  """expression_pairing='similar': each pair is one expression and the one of its video most
+  like it (twins' motion expressions together); every video's expressions still all appear
+  first across seeds, and a bad value is refused."""
+  meta = _meta(tiny_root)
+  exps = {v: {e: d['exp'] for e, d in m['expressions'].items()} for v, m in meta.items()}
+  firsts = set()
+  for seed in range(3):
+    config = tiny_config(tiny_root, expressions_per_clip=2, batch_size=2, flip_prob=0.0,
+                         expression_pairing='similar', seed=seed)
+    keys = _stream_keys(config, tiny_builder, tiny_vocab)
+    for (v, a), (w, b) in zip(keys[::2], keys[1::2], strict=True):
+      assert v == w and a != b
+      others = {e: _jaccard(exps[v][a], x) for e, x in exps[v].items() if e != a}
+      assert others[b] == pytest.approx(max(others.values())), (v, a, b, others)
+      firsts.add((v, a))
+  assert len({v for v, _ in firsts}) >= len(meta) - 1
+  assert len(firsts) > len(meta)  # not always the same first expression of a video
+  with pytest.raises(ValueError, match='expression_pairing'):
+    _stream_keys(tiny_config(tiny_root, expressions_per_clip=2, batch_size=2,
+                             expression_pairing='nearest'), tiny_builder, tiny_vocab)
+
+
 def _stream_keys(config, builder, vocab):
   ds = pipelines.make_train_dataset(config, builder, vocab, process_index=0, process_count=1,
                                     repeat=False)
