@@ -12,7 +12,9 @@
 
 Rows: for each setting (`paper`: configs/default.py, T=12 frames of 240x432, ResNet-50, d=384,
 N=20, one 12-frame clip per step as at inference time; `embedded`: configs/refer_shapes.py, a
-batch of 8 clips of 6 frames at 64x96) and each mode (`infer`: forward only; `train`: forward,
+batch of 8 clips of 4 frames at 64x96, with its velocity head and loss; `embedded_previous`: the
+default before its motion recipe, configs/refer_shapes.py:previous, 8 clips of 6 frames; the
+default trains on 4 clips x 4 expressions: `--clips=16 --expressions_per_clip=4`) and each mode (`infer`: forward only; `train`: forward,
 Eq. 16 loss, backward and the AdamW update), the JAX model (`train.jit_train_step`, the step that
 main.py runs, and `jax.jit(model.apply)`) and the PyTorch reference of tests/torch_reference in
 eager mode, NCHW (`torch`) and channels_last (`torch_cl`), on the same inputs.
@@ -56,7 +58,9 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-flags.DEFINE_list('settings', ['embedded', 'paper'], 'embedded and/or paper.')
+flags.DEFINE_list('settings', ['embedded', 'paper'], 'embedded, embedded_previous (the '
+                  'default before its motion recipe: configs/refer_shapes.py:previous) and/or '
+                  'paper.')
 flags.DEFINE_list('modes', ['infer', 'train'], 'infer and/or train.')
 flags.DEFINE_list('frameworks', ['jax', 'torch', 'torch_cl'], 'jax, torch (NCHW), torch_cl '
                   '(channels_last).')
@@ -91,11 +95,12 @@ def setting_config(name: str):
   if name == 'paper':
     from configs import default  # noqa: PLC0415
     config, clips = default.get_config(), 1
-  elif name == 'embedded':
+  elif name in ('embedded', 'embedded_previous'):
     from configs import refer_shapes  # noqa: PLC0415
-    config, clips = refer_shapes.get_config(), 8
+    config = refer_shapes.get_config(None if name == 'embedded' else 'previous')
+    clips = 8
   else:
-    raise ValueError(f'unknown setting {name!r}: embedded or paper')
+    raise ValueError(f'unknown setting {name!r}: embedded, embedded_previous or paper')
   for item in FLAGS.set:
     key, sep, value = item.partition('=')
     section, _, field = key.partition('.')
@@ -132,11 +137,15 @@ def make_batch(config, clips: int, seed: int = 0) -> dict:
     masks[i, :, y:y + h // 3, x:x + w // 3] = 1
     objects[i] = masks[i]
     objects[i, :, h // 2:, w // 2:] = 1
-  return dict(
+  batch = dict(
       frames=rng.uniform(size=(clips, t, h, w, 3)).astype(np.float32),
       tokens=np.where(token_mask, rng.integers(2, VOCAB, size=(clips, n)), 0).astype(np.int32),
       token_mask=token_mask, masks=masks, object_masks=objects,
       frame_valid=np.ones((clips, t), bool))
+  if d.get('object_velocity', False):  # the velocity loss' targets (random; its cost is real)
+    batch['object_velocity'] = rng.normal(size=(clips, t, h, w, 2)).astype(np.float32)
+    batch['velocity_valid'] = objects > 0
+  return batch
 
 
 def timed(fn, repeats: int, warmup: int) -> list[float]:
@@ -252,7 +261,9 @@ def run_torch(setting: str, mode: str, channels_last: bool) -> dict:
       loss, _ = ref_losses.total_loss(out['mask_logits'], out['boundary_logits'],
                                       out['object_logits'], out['confidence'], tb,
                                       text_pixel_logits=out['text_pixel_logits'],
-                                      text_pixel_weight=config.loss.get('text_pixel_weight', 0.0))
+                                      text_pixel_weight=config.loss.get('text_pixel_weight', 0.0),
+                                      velocity=out.get('velocity'),
+                                      velocity_weight=config.loss.get('velocity_weight', 0.0))
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()

@@ -78,6 +78,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Ours: L1 on model.velocity_head's velocities (rvos_jax/losses.py); needs
   # data.object_velocity.
   loss.velocity_weight = 0.0
+  # Ours: L1 between the velocity match's expected motion of the sentence and expected_motion_scale
+  # times the referred object's mean velocity in cells per frame (rvos_jax/losses.py,
+  # expected_motion_loss); needs model.velocity_match and data.object_velocity.
+  loss.expected_motion_weight = 0.0
+  loss.expected_motion_scale = 4.0
 
   config.optim = optim = ml_collections.ConfigDict()
   # The paper prints "1e-4 for backbone, 1e-5 for the remaining part"; nearly every RVOS code

@@ -23,7 +23,9 @@ def get_config(arg: str | None = None):
   if arg not in (None, 'smoke'):
     raise ValueError(f'configs/propagation_refer_shapes.py takes no argument or "smoke", '
                      f'got {arg!r}')
-  config = refer_shapes.get_config(arg)
+  # The previous default's data and schedule fields (docs/propagation.md's runs).
+  config = (refer_shapes.get_previous_smoke_config() if arg else
+            refer_shapes.get_previous_config())
   config.task = 'propagation'
   data = config.data
   data.num_frames = 3

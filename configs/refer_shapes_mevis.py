@@ -30,4 +30,7 @@ def _to_mevis(config):
 def get_config(arg: str | None = None):
   if arg and arg != 'smoke':
     raise ValueError(f'configs/refer_shapes_mevis.py takes no argument or "smoke", got {arg!r}')
-  return _to_mevis(refer_shapes.get_config(arg))
+  # On the previous default (its figures in docs/mevis.md): the velocity terms read object ids,
+  # and a MeViS label map's labels are sets of objects.
+  return _to_mevis(refer_shapes.get_previous_smoke_config() if arg else
+                   refer_shapes.get_previous_config())

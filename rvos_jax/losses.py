@@ -263,6 +263,29 @@ def velocity_loss(velocity: jax.Array, target: jax.Array, valid: jax.Array,
   return (err * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
+def expected_motion_loss(expected: jax.Array, target: jax.Array, valid: jax.Array,
+                         masks: jax.Array, weights: jax.Array, cell: jax.Array,
+                         scale: float) -> jax.Array:
+  """Ours: L1 between the sentence's expected motion (outputs.expected_velocity, the x, y of
+  the velocity match's query) and `scale` times the referred object's mean velocity.
+
+  The velocity match scores <query, [v_x, v_y, |v|]> at every cell; trained only through the
+  masks, the words bind to the velocity after ~1000 steps (docs/motion.md). This term tells
+  the language directly which motion each sentence names ("moving to the left": (-scale |v|,
+  0); a still object: 0) from the first step.
+  expected (B, 2); target (B, T, H, W, 2) object velocities in pixels per frame; valid
+  (B, T, H, W) where they are known; masks (B, T, H, W) the referred object; weights (B, T);
+  cell (2,) the embedding cell in pixels (x, y). Rows without a known target pixel add 0.
+  """
+  chex.assert_rank([expected, target, valid, masks, weights], [2, 5, 4, 4, 2])
+  m = masks * valid * weights[:, :, None, None]
+  n = m.sum((1, 2, 3))
+  mean = (target * m[..., None]).sum((1, 2, 3)) / jnp.maximum(n, 1.0)[:, None] / cell
+  err = jnp.abs(expected - scale * mean).sum(-1)
+  has = (n > 0).astype(jnp.float32)
+  return (err * has).sum() / jnp.maximum(has.sum(), 1.0)
+
+
 def _batch_array(batch: Mapping[str, jax.Array], key: str, shape: tuple[int, ...], what: str):
   """batch[key], checked against the shape of the model output it supervises."""
   if key not in batch:
@@ -286,6 +309,8 @@ def total_loss(
     focal_gamma: float = 2.0,
     text_pixel_weight: float = 0.0,
     velocity_weight: float = 0.0,
+    expected_motion_weight: float = 0.0,
+    expected_motion_scale: float = 4.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The overall objective of Eq. 16: L = L_object + L_instance + beta * L_conf.
 
@@ -339,6 +364,18 @@ def total_loss(
     known = _batch_array(batch, "velocity_valid", e.shape, "outputs.mask_logits")
     velocity = velocity_loss(outputs.velocity, target, known, weights)
     total = total + velocity_weight * velocity
+  expected_motion = jnp.zeros((), jnp.float32)
+  if outputs.expected_velocity is not None and expected_motion_weight:
+    if outputs.velocity is None:
+      raise ValueError('loss.expected_motion_weight needs model.velocity_head and velocity_match')
+    target = _batch_array(batch, "object_velocity", (*e.shape, 2),
+                          "(B, T, H, W, 2) of outputs.mask_logits")
+    known = _batch_array(batch, "velocity_valid", e.shape, "outputs.mask_logits")
+    h, w = outputs.velocity.shape[2:4]
+    cell = jnp.asarray([e.shape[3] / w, e.shape[2] / h], jnp.float32)
+    expected_motion = expected_motion_loss(outputs.expected_velocity, target, known, masks,
+                                           weights, cell, expected_motion_scale)
+    total = total + expected_motion_weight * expected_motion
   parts = {
       "object": obj,
       "mask": dice + focal,
@@ -348,6 +385,7 @@ def total_loss(
       "confidence": conf,
       "text_pixel": text_pixel,
       "velocity": velocity,
+      "expected_motion": expected_motion,
       "total": total,
   }
   return total, parts

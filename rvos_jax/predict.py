@@ -727,28 +727,50 @@ def predict_main(config: ml_collections.ConfigDict, workdir: str, *, variables,
   return result
 
 
+# Kinds whose clips hold a look-alike twin told apart only by the words (refer_shapes).
+LOOK_ALIKE_KINDS = ('motion',)
+
+
 def write_example_overlays(predict_fn, variables, config, vocab, output_dir: str,
                            per_kind: int = 1) -> list[str]:
   """Overlays a person can look at: the first expressions of the eval split (for
-  refer_shapes, `per_kind` of each expression kind), segmented from the frames on disk."""
+  refer_shapes, `per_kind` of each expression kind), segmented from the frames on disk.
+
+  For a motion expression (LOOK_ALIKE_KINDS) its look-alike twin's expression in the same clip
+  is segmented too, and `<kind>_<video>_pair.png` stacks the two stills: the same frames, two
+  sentences that differ only in the motion, and (when motion is learned) two different
+  objects."""
   root = os.path.abspath(os.path.expanduser(config.data.root))
   split = config.data.eval_split
   layout = layouts.layout_of(config.data.name)
   meta_path = layouts.meta_expressions_path(root, split, layout)
   meta = layouts.read_expressions(root, split, layout)
   kinds = ytvos_layout.read_expression_kinds(meta_path) or {}
-  chosen, counts = [], {}
+  chosen, counts, pairs = [], {}, []
   for video in sorted(meta):
     for exp_id, exp in sorted(meta[video]['expressions'].items()):
       kind = kinds.get(video, {}).get(exp_id, 'all')
       if counts.get(kind, 0) < per_kind:
         counts[kind] = counts.get(kind, 0) + 1
         chosen.append((video, exp_id, exp['exp'], kind))
-  written = []
+        twins = [(e, x['exp']) for e, x in sorted(meta[video]['expressions'].items())
+                 if e != exp_id and kinds.get(video, {}).get(e) == kind]
+        if kind in LOOK_ALIKE_KINDS and twins:
+          chosen.append((video, twins[0][0], twins[0][1], kind))
+          pairs.append((kind, video, exp_id, twins[0][0]))
+  written, strips = [], {}
   for video, exp_id, text, kind in chosen:
     out = os.path.join(output_dir, f'{kind}_{video}_{exp_id}')
-    predict_video(predict_fn, variables, config, vocab,
-                  os.path.join(root, split, 'JPEGImages', video), text, out)
+    paths = predict_video(predict_fn, variables, config, vocab,
+                          os.path.join(root, split, 'JPEGImages', video), text, out)
+    strips[(video, exp_id)] = paths['strip']
     written.append(out)
+  for kind, video, a, b in pairs:
+    stills = [np.asarray(Image.open(strips[(video, e)]).convert('RGB')) for e in (a, b)]
+    width = max(x.shape[1] for x in stills)
+    stills = [np.pad(x, ((0, STRIP_GAP), (0, width - x.shape[1]), (0, 0)),
+                     constant_values=255) for x in stills]
+    Image.fromarray(np.concatenate(stills)[:-STRIP_GAP]).save(
+        os.path.join(output_dir, f'{kind}_{video}_pair.png'))
   logging.info('wrote %d overlays under %s', len(written), output_dir)
   return written

@@ -207,7 +207,9 @@ def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, float]:
   c = config.loss
   return dict(alpha=c.alpha, beta=c.beta, focal_alpha=c.focal_alpha, focal_gamma=c.focal_gamma,
               text_pixel_weight=c.get('text_pixel_weight', 0.0),
-              velocity_weight=c.get('velocity_weight', 0.0))
+              velocity_weight=c.get('velocity_weight', 0.0),
+              expected_motion_weight=c.get('expected_motion_weight', 0.0),
+              expected_motion_scale=c.get('expected_motion_scale', 4.0))
 
 
 def check_finite(step: int, scalars: Mapping[str, float]) -> None:

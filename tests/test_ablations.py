@@ -269,29 +269,42 @@ def test_ablation_configs_build_their_variant():
 
 def test_refer_shapes_long_differs_from_the_default_only_in_steps():
   """The `long` budget is the same run with twice the steps, so its figures compare with the
-  default's; bad arguments are named."""
+  default's; `motion` is the previous default at 2000 steps plus the velocity terms; the
+  frame-only control of each keeps its budget; bad arguments are named."""
   from configs import ablations, refer_shapes  # noqa: PLC0415
 
   base, long = refer_shapes.get_config().to_dict(), refer_shapes.get_config('long').to_dict()
-  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 2000
+  assert long['train'].pop('num_steps') == 2 * base['train'].pop('num_steps') == 4000
   assert long == base
-  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 2000
-  # The motion budget's controls: the velocity terms read the video level and go with it.
-  for variant in ('no_video_level', 'frame_only'):
-    control = ablations.get_config(f'refer_shapes_motion,{variant}')
-    assert control.train.num_steps == 2000 and not control.model.use_video_level
-    assert not control.model.velocity_head and not control.model.velocity_match
-  assert ablations.get_config('refer_shapes_motion,frame_only').model.object_encoder == 'frame'
+  assert ablations.get_config('refer_shapes_long,no_video_level').train.num_steps == 4000
+  # The controls: the velocity terms read the video level and go with it.
+  for name, steps in (('refer_shapes', 2000), ('refer_shapes_motion', 2000)):
+    for variant in ('no_video_level', 'frame_only'):
+      control = ablations.get_config(f'{name},{variant}')
+      assert control.train.num_steps == steps and not control.model.use_video_level
+      assert not control.model.velocity_head and not control.model.velocity_match
+    assert ablations.get_config(f'{name},frame_only').model.object_encoder == 'frame'
   with pytest.raises(ValueError, match="'longer'"):
     refer_shapes.get_config('longer')
-  # `motion` is `long` plus the velocity terms, all four of them (the loss needs the data).
-  motion = refer_shapes.get_config('motion').to_dict()
-  added = {('model', 'velocity_head'): True, ('model', 'velocity_match'): True,
-           ('loss', 'velocity_weight'): 0.5, ('data', 'object_velocity'): True}
-  for (section, key), value in added.items():
-    assert motion[section].pop(key) == value and long[section].pop(key) != value
-  motion['train'].pop('num_steps')
-  assert motion == long
+  # The default: the previous one with 4 similar expressions per clip of 4 frames, 2000 steps
+  # and the velocity terms (all four of them: the loss needs the data).
+  previous = refer_shapes.get_config('previous').to_dict()
+  default = refer_shapes.get_config().to_dict()
+  velocity = {('model', 'velocity_head'): True, ('model', 'velocity_match'): True,
+              ('loss', 'velocity_weight'): 0.5, ('data', 'object_velocity'): True}
+  changed = {**velocity, ('data', 'expressions_per_clip'): 4, ('data', 'num_frames'): 4,
+             ('data', 'expression_pairing'): 'similar', ('train', 'num_steps'): 2000,
+             ('train', 'checkpoint_every'): 500, ('loss', 'expected_motion_weight'): 0.25,
+             ('loss', 'expected_motion_scale'): 8.0}
+  for (section, key), value in changed.items():
+    assert default[section].pop(key) == value != previous[section].pop(key), key
+  assert default == previous
+  # `motion` is the previous default at 2000 steps plus the velocity terms.
+  motion, previous = (refer_shapes.get_config(a).to_dict() for a in ('motion', 'previous'))
+  for (section, key), value in velocity.items():
+    assert motion[section].pop(key) == value and previous[section].pop(key) != value
+  assert motion['train'].pop('num_steps') == 2 * previous['train'].pop('num_steps') == 2000
+  assert motion == previous
 
 
 def test_mask_upsample_subpixel_widens_only_the_last_convs():

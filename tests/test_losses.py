@@ -577,3 +577,40 @@ def test_velocity_loss_by_hand_and_masked_pixels():
   valid[0, 1, :2] = 0  # half of frame 1 unknown: 16 exact pixels + 8 pixels 2 off
   assert float(losses.velocity_loss(vel, target, valid, frames)) == pytest.approx(16 / 24)
   assert float(losses.velocity_loss(vel, target, 0 * valid, frames)) == 0.0
+
+
+def test_expected_motion_loss_by_hand_and_parity():
+  """Two rows: the first's target moves (4, -2) pixels per frame on 2 x 2-pixel cells, i.e.
+  (2, -1) cells, so with scale 3 an expected motion of (6, -3) is exact and (5, -3) is 1 off;
+  the second row has no target pixel and counts for nothing. The torch reference agrees, value
+  and gradient."""
+  t, h, w = 2, 4, 4
+  target = np.zeros((2, t, h, w, 2), np.float32)
+  target[0, :, :2, :2] = (4.0, -2.0)
+  target[0, :, 2:, 2:] = (-8.0, 0.0)  # another object: not the referred one
+  masks = np.zeros((2, t, h, w), np.float32)
+  masks[0, :, :2, :2] = 1.0
+  valid = np.ones((2, t, h, w), np.float32)
+  weights = np.ones((2, t), np.float32)
+  cell = np.asarray([2.0, 2.0], np.float32)
+  exact = np.asarray([[6.0, -3.0], [7.0, 7.0]], np.float32)
+  args = (target, valid, masks, weights, cell, 3.0)
+  assert float(losses.expected_motion_loss(jnp.asarray(exact), *args)) == pytest.approx(0.0)
+  off = exact.copy()
+  off[0, 0] = 5.0
+  assert float(losses.expected_motion_loss(jnp.asarray(off), *args)) == pytest.approx(1.0)
+  # A padded frame's pixels do not count: with frame 1 padded and its target moved, still 0.
+  moved = target.copy()
+  moved[0, 1, :2, :2] = (40.0, 40.0)
+  pad = weights.copy()
+  pad[:, 1] = 0.0
+  assert float(losses.expected_motion_loss(jnp.asarray(exact), moved, valid, masks, pad, cell,
+                                           3.0)) == pytest.approx(0.0)
+  rng = np.random.default_rng(3)
+  guess = rng.standard_normal((2, 2)).astype(np.float32)
+  want = ref.expected_motion_loss(torch.tensor(guess), *[torch.tensor(a) for a in args[:5]], 3.0)
+  got, grad = jax.value_and_grad(losses.expected_motion_loss)(jnp.asarray(guess), *args)
+  tg = torch.tensor(guess, requires_grad=True)
+  ref.expected_motion_loss(tg, *[torch.tensor(a) for a in args[:5]], 3.0).backward()
+  assert _rel(got, want.item()) <= LOSS_RTOL
+  np.testing.assert_allclose(np.asarray(grad), tg.grad.numpy(), rtol=1e-5, atol=1e-6)

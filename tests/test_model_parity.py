@@ -99,7 +99,7 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
   tout = tmodel(tframes, tbatch['tokens'].long(), tbatch['token_mask'])
   hook.remove()
   for name in ('mask_logits', 'boundary_logits', 'object_logits', 'confidence',
-               'text_pixel_logits', 'velocity'):
+               'text_pixel_logits', 'velocity', 'expected_velocity'):
     if tout[name] is None:
       assert getattr(out, name) is None
       continue
@@ -108,18 +108,24 @@ def run_parity(cfg, inputs, check_grads=True, **switches):
   # Total loss (Eq. 16, plus the text-to-pixel loss when its heads are on) and its gradients.
   text_pixel_weight = 0.7 if switches.get('text_pixel_head') else 0.0
   velocity_weight = 0.4 if switches.get('velocity_head') else 0.0
+  motion_weight = 0.3 if switches.get('velocity_match') else 0.0
 
   def loss_fn(params):
     o = fmodel.apply({**variables, 'params': params}, *args)
     return losses.total_loss(o, inputs, text_pixel_weight=text_pixel_weight,
-                             velocity_weight=velocity_weight)[0]
+                             velocity_weight=velocity_weight,
+                             expected_motion_weight=motion_weight,
+                             expected_motion_scale=8.0)[0]
 
   loss, grads = jax.value_and_grad(loss_fn)(variables['params'])
   tloss, _ = ref_losses.total_loss(tout['mask_logits'], tout['boundary_logits'],
                                    tout['object_logits'], tout['confidence'], tbatch,
                                    text_pixel_logits=tout['text_pixel_logits'],
                                    text_pixel_weight=text_pixel_weight,
-                                   velocity=tout['velocity'], velocity_weight=velocity_weight)
+                                   velocity=tout['velocity'], velocity_weight=velocity_weight,
+                                   expected_velocity=tout['expected_velocity'],
+                                   expected_motion_weight=motion_weight,
+                                   expected_motion_scale=8.0)
   parity.assert_loss_close(loss, tloss.item(), 'total loss')
   if not check_grads:
     return

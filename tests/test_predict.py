@@ -357,6 +357,30 @@ def test_predict_main_one_video(setup, tmp_path):
                          predict_fn=s.predict_fn, video=folder)
 
 
+def test_example_overlays_pair_the_motion_look_alikes(setup, tmp_path):
+  """One overlay per kind, and the motion expression's look-alike twin beside it: both
+  segmented, and one still that stacks the two strips (same frames, two sentences)."""
+  s = setup
+  config = s.config.copy_and_resolve_references()
+  config.data.eval_split = 'train'  # the tiny train split has motion clips
+  with open(os.path.join(s.root, 'meta_expressions', 'train', 'expression_kinds.json')) as f:
+    kinds = json.load(f)['videos']
+  written = predict.write_example_overlays(s.predict_fn, s.variables, config, s.vocab,
+                                           str(tmp_path))
+  names = sorted(os.path.basename(w) for w in written)
+  motion = [n for n in names if n.startswith('motion_')]
+  assert len(motion) == 2 and len(names) == len({n.split('_')[0] for n in names}) + 1
+  video = '_'.join(motion[0].split('_')[1:3])
+  assert video == '_'.join(motion[1].split('_')[1:3])
+  ids = sorted(n.split('_')[-1] for n in motion)
+  assert ids == sorted(e for e, k in kinds[video].items() if k == 'motion')[:2]
+  pair = np.asarray(Image.open(tmp_path / f'motion_{video}_pair.png'))
+  strips = [np.asarray(Image.open(tmp_path / n / 'overlay_strip.png')) for n in motion]
+  assert pair.shape[0] == sum(x.shape[0] for x in strips) + predict.STRIP_GAP
+  # motion[0] is the first motion expression of the clip: its strip comes first.
+  np.testing.assert_array_equal(pair[:strips[0].shape[0], :strips[0].shape[1]], strips[0][..., :3])
+
+
 def test_predict_split_submission(setup, tmp_path):
   """A model size (32x48) unlike the videos' (48x64): masks are written at 48x64, one per
   (video, exp_id, frame), and the zip has Annotations/ at its top."""

@@ -80,10 +80,11 @@ class TextPixelHead(nn.Module):
 
   @nn.compact
   def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array,
-               velocity: jax.Array | None = None) -> jax.Array:
+               velocity: jax.Array | None = None, with_query: bool = False):
     """velocity (B, T, h, w, 2), optional (ours, model.velocity_match): adds
     <Linear(mean_n S), [v_x, v_y, |v|]> per location, the sentence's expected motion against
-    the velocity the video level reads at each cell (motion.py, "Velocity match")."""
+    the velocity the video level reads at each cell (motion.py, "Velocity match").
+    with_query (needs velocity): returns (logits, that expected motion (B, 3))."""
     chex.assert_rank([p, s, word_mask], [5, 3, 2])
     d = p.shape[-1]
     words = mean_of_words(s, word_mask)
@@ -91,9 +92,15 @@ class TextPixelHead(nn.Module):
     pixels = nn.Dense(d, name='pixels')(p)
     bias = self.param('bias', nn.initializers.zeros, (), p.dtype)
     logits = jnp.einsum('bthwc,bc->bthw', pixels, sentence) / jnp.sqrt(jnp.asarray(d, p.dtype))
+    query = None
     if velocity is not None:
       chex.assert_shape(velocity, (*p.shape[:4], 2))
       speed = jnp.sqrt(jnp.sum(velocity * velocity, -1, keepdims=True) + 1e-6)
       motion = jnp.concatenate([velocity, speed], -1)
-      logits += jnp.einsum('bthwc,bc->bthw', motion, nn.Dense(3, name='velocity_query')(words))
+      query = nn.Dense(3, name='velocity_query')(words)
+      logits += jnp.einsum('bthwc,bc->bthw', motion, query)
+    if with_query:
+      if query is None:
+        raise ValueError('TextPixelHead: with_query needs a velocity')
+      return logits + bias, query
     return logits + bias

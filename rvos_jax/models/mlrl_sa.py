@@ -166,7 +166,7 @@ class MLRLSA(nn.Module):
     words = nn.Embed(self.vocab_size, d, name='word_embedding')(tokens)
     levels = []
     text_pixel = []
-    object_logits = velocity = None
+    object_logits = velocity = expected_velocity = None
     check_motion(self.video_motion)
     if self.velocity_head and not self.use_video_level:
       raise ValueError('model.velocity_head reads the video level: it needs use_video_level')
@@ -184,9 +184,13 @@ class MLRLSA(nn.Module):
         velocity = per_expression(nn.Dense(2, name='video_velocity')(p_clip))
       s_video = self._language('video_language')(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
-      if self.text_pixel_head:
-        text_pixel.append(TextPixelHead(name='video_text_pixel')(
-            p_video, s_video, token_mask, velocity if self.velocity_match else None))
+      if self.text_pixel_head and self.velocity_match:
+        logits, query = TextPixelHead(name='video_text_pixel')(
+            p_video, s_video, token_mask, velocity, with_query=True)
+        text_pixel.append(logits)
+        expected_velocity = query[:, :2]
+      elif self.text_pixel_head:
+        text_pixel.append(TextPixelHead(name='video_text_pixel')(p_video, s_video, token_mask))
     if self.use_frame_level:
       p_frame = per_expression(FrameLevelEmbedding(
           position, heads, name='frame_embedding')(p))  # Eq. 4
@@ -233,6 +237,7 @@ class MLRLSA(nn.Module):
         confidence=confidence.reshape(bk, t),
         text_pixel_logits=jnp.stack(text_pixel, axis=-1) if text_pixel else None,
         velocity=velocity,
+        expected_velocity=expected_velocity,
     )
     chex.assert_shape([outputs.mask_logits, outputs.boundary_logits], (bk, t, height, width))
     return outputs

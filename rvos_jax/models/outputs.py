@@ -21,6 +21,9 @@ class ModelOutputs:
     velocity:        not in the paper: the velocity of the object at each cell read linearly
                      from the video-level embedding, (x, y) in cells per frame, (B, T, h, w, 2);
                      None unless model.velocity_head
+    expected_velocity: not in the paper: the (x, y) part of the sentence's expected motion that
+                     the velocity match scores against `velocity` (alignment.TextPixelHead's
+                     velocity_query), (B, 2); None unless model.velocity_match
   """
 
   mask_logits: jax.Array
@@ -29,3 +32,4 @@ class ModelOutputs:
   confidence: jax.Array
   text_pixel_logits: jax.Array | None = None
   velocity: jax.Array | None = None
+  expected_velocity: jax.Array | None = None

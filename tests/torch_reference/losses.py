@@ -138,10 +138,20 @@ def velocity_loss(velocity, target, valid, weights):  # velocity (B, T, h, w, 2)
   return (err * m).sum() / m.sum().clamp(min=1.0)
 
 
+def expected_motion_loss(expected, target, valid, masks, weights, cell, scale):
+  m = masks * valid * weights[:, :, None, None]
+  n = m.sum((1, 2, 3))
+  mean = (target * m[..., None]).sum((1, 2, 3)) / n.clamp(min=1.0)[:, None] / cell
+  err = (expected - scale * mean).abs().sum(-1)
+  has = (n > 0).float()
+  return (err * has).sum() / has.sum().clamp(min=1.0)
+
+
 def total_loss(mask_logits, boundary_logits, object_logits, confidence, batch, *,
                alpha=0.2, beta=0.1, focal_alpha=0.25, focal_gamma=2.0,
                text_pixel_logits=None, text_pixel_weight=0.0, velocity=None,
-               velocity_weight=0.0):
+               velocity_weight=0.0, expected_velocity=None, expected_motion_weight=0.0,
+               expected_motion_scale=4.0):
   """Eq. 16 with the erratum pairing of Eq. 14 (mask loss on E, boundary loss on B)."""
   weights = batch["frame_valid"].float()
   dice = dice_loss(mask_logits, batch["masks"], weights)
@@ -161,7 +171,15 @@ def total_loss(mask_logits, boundary_logits, object_logits, confidence, batch, *
   if velocity is not None and velocity_weight:
     vel = velocity_loss(velocity, batch["object_velocity"], batch["velocity_valid"], weights)
     total = total + velocity_weight * vel
+  em = torch.zeros(())
+  if expected_velocity is not None and expected_motion_weight:
+    h, w = velocity.shape[2:4]
+    cell = torch.tensor([mask_logits.shape[3] / w, mask_logits.shape[2] / h])
+    em = expected_motion_loss(expected_velocity, batch["object_velocity"],
+                              batch["velocity_valid"].float(), batch["masks"].float(), weights,
+                              cell, expected_motion_scale)
+    total = total + expected_motion_weight * em
   parts = {"object": obj, "mask": dice + focal, "dice": dice, "focal": focal,
            "boundary": bdry, "confidence": conf, "text_pixel": text_pixel, "velocity": vel,
-           "total": total}
+           "expected_motion": em, "total": total}
   return total, parts

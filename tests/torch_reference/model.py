@@ -409,6 +409,11 @@ class MLRLSA(nn.Module):
               out['velocity'] if lvl == 'video' and hasattr(self.video_text_pixel,
                                                             'velocity_query') else None)
            for lvl in self.levels], -1)
+    out['expected_velocity'] = None  # the velocity match's query, its (x, y)
+    if self.text_pixel_head and hasattr(self.video_text_pixel, 'velocity_query'):
+      wm = token_mask.float()[..., None]
+      words_mean = (ss['video'] * wm).sum(1) / wm.sum(1).clamp(min=1.0)
+      out['expected_velocity'] = self.video_text_pixel.velocity_query(words_mean)[:, :2]
     m = torch.cat(ms, 2).flatten(0, 1)
     seg_in = m
     if self.text_pixel_to_decoder:
