@@ -1,5 +1,5 @@
 """Training input pipeline throughput: the paper's setting (T=12, 240x432, batch 2) or the
-embedded default's (configs/refer_shapes.py: T=6, 64x96, 8 clips x 2 expressions).
+embedded default's (configs/refer_shapes.py: T=4, 64x96, 4 clips x 4 expressions).
 
 Generates a refer_shapes dataset (unless --root points at one), builds its TFDS records, then
 times the training pipeline of data_pipelines.pipelines (decode, resize, jitter, flip, boundary,
@@ -42,7 +42,7 @@ _THREADS = flags.DEFINE_integer('threads', 0, 'tf.data private thread pool (0 = 
 
 def data_config():
   if _SETTING.value == 'embedded':
-    config = refer_shapes_config.get_config().data  # 8 clips x 2 expressions at 64x96, T=6
+    config = refer_shapes_config.get_config().data  # 4 clips x 4 expressions at 64x96, T=4
   else:
     config = get_data_config()  # T=12, 240x432, N=20, flip, photometric jitter
     config.batch_size = 2

@@ -14,10 +14,11 @@ Rows: for each setting (`paper`: configs/default.py, T=12 frames of 240x432, Res
 N=20, one 12-frame clip per step as at inference time; `embedded`: configs/refer_shapes.py, a
 batch of 8 clips of 4 frames at 64x96, with its velocity head and loss; `embedded_previous`: the
 default before its motion recipe, configs/refer_shapes.py:previous, 8 clips of 6 frames; the
-default trains on 4 clips x 4 expressions: `--clips=16 --expressions_per_clip=4`) and each mode (`infer`: forward only; `train`: forward,
-Eq. 16 loss, backward and the AdamW update), the JAX model (`train.jit_train_step`, the step that
-main.py runs, and `jax.jit(model.apply)`) and the PyTorch reference of tests/torch_reference in
-eager mode, NCHW (`torch`) and channels_last (`torch_cl`), on the same inputs.
+default trains on 4 clips x 4 expressions: `--clips=16 --expressions_per_clip=4`) and each mode
+(`infer`: forward only; `train`: forward, Eq. 16 loss, backward and the AdamW update), the JAX
+model (`train.jit_train_step`, the step that main.py runs, and `jax.jit(model.apply)`) and the
+PyTorch reference of tests/torch_reference in eager mode, NCHW (`torch`) and channels_last
+(`torch_cl`), on the same inputs.
 
 Columns:
   median / spread:  seconds per step over --repeats timed calls after --warmup untimed ones;

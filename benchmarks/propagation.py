@@ -2,7 +2,7 @@ r"""Table 4 on refer_shapes: MLRL-SA without and with the STCN propagation of §
 checkpoints, in one run (scores per expression kind, frames/s of both on this machine).
 
   python -m benchmarks.propagation --stcn workdirs/propagation_refer_shapes/stcn \
-      --run default_s0=configs/refer_shapes.py@workdirs/refer_shapes \
+      --run default_s0=configs/refer_shapes.py:previous@workdirs/refer_shapes \
       --run motion_s0=configs/refer_shapes.py:motion@workdirs/motion \
       --output benchmarks/results/table4_refer_shapes
 

@@ -4,7 +4,8 @@
   python main.py --config configs/ablations.py:default,frames_4 --workdir W
 
 The argument is '<base>,<variant>' with base 'default' (the paper's setting), 'refer_shapes'
-(the embedded default), 'refer_shapes_long' (twice its steps: the budget at which the words
+(the embedded default), 'refer_shapes_previous' (the default before its motion recipe: Table 3's
+runs in docs/table3.md), 'refer_shapes_long' (twice its steps: the budget at which the words
 start to steer the masks, docs/refer_shapes_experiments.md), 'refer_shapes_motion' (`long` with
 the direction supervised and matched: the budget at which motion is learned) or
 'refer_shapes_smoke' (its seconds-long smoke version, for tests of benchmarks/ablations.py), and
@@ -18,6 +19,7 @@ from configs import default, refer_shapes
 BASES = {
     'default': default.get_config,
     'refer_shapes': refer_shapes.get_config,
+    'refer_shapes_previous': refer_shapes.get_previous_config,
     'refer_shapes_long': refer_shapes.get_long_config,
     'refer_shapes_motion': refer_shapes.get_motion_config,
     'refer_shapes_smoke': refer_shapes.get_smoke_config,

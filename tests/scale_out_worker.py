@@ -45,7 +45,9 @@ def log(msg: str) -> None:
 
 def tiny_config(model_axis: int = 1, data_axis: int = -1):
   """The smoke config at test_train's tiny size (compiles in seconds on CPU)."""
-  config = refer_shapes.get_config('smoke')
+  # The previous default's smoke: make_batch has no velocity targets and distinct clips per row.
+  config = refer_shapes.get_previous_smoke_config()
+  config.data.expressions_per_clip = 1
   config.data.height, config.data.width, config.data.num_frames, config.data.max_words = (
       32, 48, 2, 5)
   config.model.hidden_dim, config.model.decoder_dim = 24, 8

@@ -235,3 +235,28 @@ def test_paper_model_full_size():
   inputs = make_inputs(1, 12, 240, 432, 20, PAPER['vocab_size'], lengths=(11,))
   inputs['frame_valid'][0, 10:] = False
   run_parity(PAPER, inputs)
+
+
+def test_expected_motion_detach_words_small():
+  """expected_motion_detach_words: the same expected motion (the same weights read twice), but
+  its gradient stops at the shared word embeddings while still reaching the video language
+  encoder and the query; without the switch it reaches the embeddings too."""
+  switches = dict(video_motion='rgb_diff', velocity_head=True, velocity_match=True,
+                  text_pixel_head=True, text_pixel_to_decoder=True)
+  inputs = small_inputs()
+  args = (inputs['frames'], inputs['tokens'], inputs['token_mask'])
+  _, plain = build_pair(SMALL, **switches)
+  variables = plain.init(jax.random.key(0), *args)
+  detached = plain.clone(expected_motion_detach_words=True)
+  grads = {}
+  for name, model in (('plain', plain), ('detached', detached)):
+    def expected(params, model=model):
+      return model.apply({**variables, 'params': params}, *args).expected_velocity.sum()
+    grads[name] = jax.grad(expected)(variables['params'])
+  out_p, out_d = (m.apply(variables, *args).expected_velocity for m in (plain, detached))
+  np.testing.assert_allclose(np.asarray(out_p), np.asarray(out_d), rtol=1e-6, atol=1e-6)
+  norm = lambda tree: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(tree)))
+  assert norm(grads['plain']['word_embedding']) > 0
+  assert norm(grads['detached']['word_embedding']) == 0
+  for key in ('video_language', 'video_text_pixel'):
+    assert norm(grads['detached'][key]) > 0, key

@@ -13,7 +13,8 @@ from rvos_jax.models import mlrl_sa, resnet
 
 
 def tiny_config():
-  config = refer_shapes.get_smoke_config()
+  # The previous default's smoke: one expression per row, no velocity targets in make_batch.
+  config = refer_shapes.get_previous_smoke_config()
   config.data.height, config.data.width, config.data.num_frames, config.data.max_words = (
       32, 48, 2, 5)
   config.model.hidden_dim, config.model.decoder_dim = 24, 8

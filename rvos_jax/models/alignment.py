@@ -80,11 +80,13 @@ class TextPixelHead(nn.Module):
 
   @nn.compact
   def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array,
-               velocity: jax.Array | None = None, with_query: bool = False):
+               velocity: jax.Array | None = None, with_query: bool = False,
+               query_s: jax.Array | None = None):
     """velocity (B, T, h, w, 2), optional (ours, model.velocity_match): adds
     <Linear(mean_n S), [v_x, v_y, |v|]> per location, the sentence's expected motion against
     the velocity the video level reads at each cell (motion.py, "Velocity match").
-    with_query (needs velocity): returns (logits, that expected motion (B, 3))."""
+    with_query (needs velocity): returns (logits, that expected motion (B, 3)), read from
+    query_s (B, N, d) instead of s when given (the same weights)."""
     chex.assert_rank([p, s, word_mask], [5, 3, 2])
     d = p.shape[-1]
     words = mean_of_words(s, word_mask)
@@ -97,8 +99,11 @@ class TextPixelHead(nn.Module):
       chex.assert_shape(velocity, (*p.shape[:4], 2))
       speed = jnp.sqrt(jnp.sum(velocity * velocity, -1, keepdims=True) + 1e-6)
       motion = jnp.concatenate([velocity, speed], -1)
-      query = nn.Dense(3, name='velocity_query')(words)
+      dense = nn.Dense(3, name='velocity_query')
+      query = dense(words)
       logits += jnp.einsum('bthwc,bc->bthw', motion, query)
+      if query_s is not None:
+        query = dense(mean_of_words(query_s, word_mask))
     if with_query:
       if query is None:
         raise ValueError('TextPixelHead: with_query needs a velocity')

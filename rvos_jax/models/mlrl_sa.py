@@ -71,6 +71,8 @@ class MLRLSA(nn.Module):
     velocity_match: ours: the video level's text-to-pixel map also scores the sentence's
       expected motion against that velocity (alignment.TextPixelHead; needs velocity_head and
       text_pixel_head).
+    expected_motion_detach_words: ours: outputs.expected_velocity (the velocity match's query,
+      for loss.expected_motion_weight) is read without the shared word embeddings' gradient.
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
     compute_dtype: 'float32', 'bfloat16' or 'float16': read by rvos_jax.precision.apply, which
@@ -102,6 +104,7 @@ class MLRLSA(nn.Module):
   video_motion: str = 'none'
   velocity_head: bool = False
   velocity_match: bool = False
+  expected_motion_detach_words: bool = False
   alignment: str = 'dsa'
   text_layers: int = 2
   text_heads: int = 8
@@ -182,11 +185,18 @@ class MLRLSA(nn.Module):
       p_video = per_expression(p_clip)  # Eq. 1-3
       if self.velocity_head:
         velocity = per_expression(nn.Dense(2, name='video_velocity')(p_clip))
-      s_video = self._language('video_language')(words, token_mask, train)
+      video_language = self._language('video_language')
+      s_video = video_language(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
       if self.text_pixel_head and self.velocity_match:
+        # The expected motion returned for loss.expected_motion_weight; with
+        # expected_motion_detach_words it is read from the word embeddings without their
+        # gradient (they are shared by the three levels), so that loss trains the video
+        # language encoder and the query only.
+        query_s = (video_language(jax.lax.stop_gradient(words), token_mask, train)
+                   if self.expected_motion_detach_words else None)
         logits, query = TextPixelHead(name='video_text_pixel')(
-            p_video, s_video, token_mask, velocity, with_query=True)
+            p_video, s_video, token_mask, velocity, with_query=True, query_s=query_s)
         text_pixel.append(logits)
         expected_velocity = query[:, :2]
       elif self.text_pixel_head:
@@ -273,6 +283,7 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       video_motion=c.get('video_motion', 'none'),
       velocity_head=c.get('velocity_head', False),
       velocity_match=c.get('velocity_match', False),
+      expected_motion_detach_words=c.get('expected_motion_detach_words', False),
       alignment=c.alignment,
       text_layers=c.text_layers,
       text_heads=c.text_heads,
