@@ -100,11 +100,11 @@ def test_end_to_end_on_the_smoke_base(tmp_path):
     assert (root / r['variant'] / 'seed_0' / 'eval' / 'step_1' / 'results.json').exists()
   b = report['budget']
   assert (b['num_steps'], b['batch_size'], b['num_frames'], b['height'], b['width']) == (
-      1, 2, 4, 48, 64)
+      1, 4, 4, 48, 64)
   assert b['seconds_per_run']['n'] == 2 and b['dataset']['seed'] == 0
   md = (root / 'ablations.md').read_text()
   assert len(_md_rows(md, variants)) == 2
-  assert 'Budget per run: 1 step of batch 2, T=4 frames of 48x64' in md
+  assert 'Budget per run: 1 step of batch 4, T=4 frames of 48x64' in md
   assert "## The paper's Table 3 claims, measured" in md
   _check_png(root / 'ablations.png')
 

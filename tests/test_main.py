@@ -61,9 +61,14 @@ def test_train_and_evaluate_on_8_devices(trained):
   assert (workdir / 'vocab.txt').exists()
   assert list((workdir / 'checkpoints').glob('1')), 'final checkpoint at step 1'
   assert list(workdir.glob('events.out.tfevents.*')), 'TensorBoard event file'
-  overlays = sorted((workdir / 'overlays').iterdir())
+  overlays = sorted(o for o in (workdir / 'overlays').iterdir() if o.is_dir())
   assert overlays and all((o / 'overlay.gif').exists() for o in overlays)
   assert all((o / 'overlay_strip.png').exists() for o in overlays)
+  # A motion expression comes with its look-alike twin's and one still of the two.
+  motion = [o.name for o in overlays if o.name.startswith('motion_')]
+  pairs = sorted(p.name for p in (workdir / 'overlays').glob('*_pair.png'))
+  assert len(motion) == 2 * len(pairs) and pairs == sorted(
+      {'_'.join(n.split('_')[:-1]) + '_pair.png' for n in motion})
 
 
 def test_eval_and_predict_restore_onto_one_device(trained, tmp_path):
