@@ -1,19 +1,23 @@
 """The embedded default: refer_shapes (generated on first use), CPU-sized.
 
-A small ResNet-18 (width x0.25, no stem max-pool) trained from scratch on 64x96 clips of T=6
-frames; the rest of the network is the paper's, narrower (d=48). Generates the data, trains,
-evaluates and writes overlays in about 15 minutes on 2 CPU cores:
+A small ResNet-18 (width x0.25, no stem max-pool) trained from scratch on 64x96 clips of T=4
+frames, 4 clips x 4 expressions per step; the rest of the network is the paper's, narrower
+(d=48), plus the velocity terms (rvos_jax/models/motion.py). Generates the data, trains,
+evaluates and writes overlays in 11-15 minutes on 2 CPU cores; motion J 0.63 over 3 seeds
+against 0.45 for the frame-only control (docs/motion.md, "The 15-minute default"):
 
   python main.py --config configs/refer_shapes.py --workdir workdirs/refer_shapes
-  python main.py --config configs/refer_shapes.py:long ...    # twice the steps (~30 min)
-  python main.py --config configs/refer_shapes.py:motion ...  # long + velocity supervision
-  python main.py --config configs/refer_shapes.py:smoke ...   # seconds: a tiny dataset, 2 steps
+  python main.py --config configs/refer_shapes.py:long ...      # twice the steps
+  python main.py --config configs/refer_shapes.py:previous ...  # the former default, 1000 steps
+  python main.py --config configs/refer_shapes.py:motion ...    # :previous, 2000 steps + velocity
+  python main.py --config configs/refer_shapes.py:smoke ...     # seconds: a tiny dataset, 2 steps
 
 Not the paper's (docs/model_choices.md), each measured on refer_shapes: the text-to-pixel loss
-(CRIS), its maps fed to the mask heads, the stem without max-pool, sub-pixel masks and an
-RGB-difference stream into the video level (below). Where the
-quality is: docs/refer_shapes_experiments.md. Runs differ a lot between seeds (the step at
-which the words start to steer the mask moves by hundreds of steps), so compare means of seeds.
+(CRIS), its maps fed to the mask heads, the stem without max-pool, sub-pixel masks, an
+RGB-difference stream into the video level and the velocity terms (below). Where the quality
+is: docs/motion.md and docs/refer_shapes_experiments.md. Runs differ a lot between seeds (the
+step at which the words start to steer the mask moves by hundreds of steps), so compare means
+of seeds.
 """
 
 from configs import default

@@ -25,15 +25,15 @@ def test_real_rows_on_the_embedded_setting():
   jax_row = _child('embedded:jax:infer')
   assert len(jax_row['times']) == 2 and min(jax_row['times']) > 0
   assert jax_row['flops'] > 5e8  # XLA's count of a real forward (~1.1 GFLOP per clip)
-  assert jax_row['compile_s'] > 0 and jax_row['frames'] == 6
+  assert jax_row['compile_s'] > 0 and jax_row['frames'] == 4  # T=4, one clip
   assert 'xla_cpu_experimental_ynn_fusion_type' in jax_row['xla_flags']
   torch_row = _child('embedded:torch_cl:infer')
   assert len(torch_row['times']) == 2 and torch_row['rss_mib'] > 100
 
 
-def _row(setting, mode, framework, times, flops=None):
+def _row(setting, mode, framework, times, flops=None, allocator='tcmalloc'):
   r = dict(setting=setting, mode=mode, framework=framework, times=times, frames=12,
-           rss_mib=1000.0)
+           rss_mib=1000.0, allocator=allocator)
   if framework == 'jax':
     r.update(flops=flops, compile_s=3.0, xla_temp=2**20)
   return r
@@ -48,6 +48,12 @@ def test_table_and_ratios():
   assert rows[0]['median_s'] == 1.1 and abs(rows[0]['frames_per_s'] - 12 / 1.1) < 1e-9
   assert abs(rows[0]['spread'] - 0.2 / 1.1) < 1e-9
   assert abs(rows[0]['gflops_per_s'] - 264 / 1.1) < 1e-6
-  assert '| paper | infer | jax | 1.1000 | 18% | 10.9 | 3.0 | 264.0 | 240.0 | 48% |' in text
-  assert 'JAX / torch, paper infer: 2.00x (JAX faster)' in text
-  assert 'JAX / torch_cl, paper infer: 0.50x (torch faster)' in text
+  assert ('| paper | infer | tcmalloc | jax | 1.1000 | 18% | 10.9 | 3.0 | 264.0 | 240.0 | 48% |'
+          in text)
+  assert 'JAX / torch, paper infer, both under tcmalloc: 2.00x (JAX faster)' in text
+  assert 'JAX / torch_cl, paper infer, both under tcmalloc: 0.50x (torch faster)' in text
+  # Two allocators in one run: each framework's rows against the first allocator's.
+  slow = _row('paper', 'infer', 'jax', [2.2, 2.2, 2.2], flops=22e9 * 12, allocator='system')
+  text = model_speed.summarise([slow, rows[0]], dict(jax_gflops=400.0, torch_gflops=500.0,
+                                                     peak_gflops=500.0))
+  assert 'jax, paper infer: tcmalloc against system: 2.00x' in text
