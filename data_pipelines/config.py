@@ -91,6 +91,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # Training batches carry each object's velocity from the masks (object_velocity, velocity_valid;
   # clip_ops.object_velocity), for loss.velocity_weight.
   c.object_velocity = False
+  # Expression kinds (expression_kinds.json, refer_shapes) whose sentences name a motion:
+  # training rows carry `names_motion` (1.0 for those kinds, 0.0 for the others), the rows
+  # loss.expected_motion_weight supervises. () = no such field: every row is supervised.
+  c.motion_kinds = ()
 
   # Bad input (missing/corrupt frames, mask/frame size mismatch, unknown obj_id, empty or
   # over-long expression): False = raise naming the video / frame / key; True = drop the bad

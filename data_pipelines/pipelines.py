@@ -129,6 +129,29 @@ def _expression_repeats(config, builder, split: str) -> dict[str, int]:
   return repeats
 
 
+def _motion_table(config, builder, split: str) -> tf.lookup.StaticHashTable | None:
+  """'video/exp_id' -> 1.0 where the expression's kind (expression_kinds.json) is one of
+  config.motion_kinds, else 0.0; None without motion_kinds."""
+  motion_kinds = tuple(config.get('motion_kinds') or ())
+  if not motion_kinds:
+    return None
+  meta = layouts.meta_expressions_path(config.root, split, layouts.layout_of(config.name))
+  kinds = ytvos_layout.read_expression_kinds(meta)
+  if kinds is None:
+    raise ValueError(f'config.data.motion_kinds={motion_kinds} needs the expression kinds of '
+                     f'{split}, and {os.path.dirname(meta)} has no '
+                     f'{ytvos_layout.EXPRESSION_KINDS} (only refer_shapes writes one)')
+  known = sorted({kind for v in kinds.values() for kind in v.values()})
+  unknown = [kind for kind in motion_kinds if kind not in known]
+  if unknown:
+    raise ValueError(f'config.data.motion_kinds: no {split} expression is of kind(s) {unknown} '
+                     f'(kinds: {known})')
+  keys = sorted(f'{v}/{e}' for v in kinds for e in kinds[v])
+  values = [float(kinds[k.split('/', 1)[0]][k.split('/', 1)[1]] in motion_kinds) for k in keys]
+  return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+      tf.constant(keys), tf.constant(values, tf.float32)), default_value=0.0)
+
+
 def _repeat_table(repeats: dict[str, int]) -> tf.lookup.StaticHashTable | None:
   """'video/exp_id' -> repeats (default 1), or None when every expression enters once."""
   if not repeats:
@@ -320,6 +343,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
   if k > 1 and any(n > 1 for n in repeats.values()):
     raise ValueError(f'config.data.kind_repeats needs expressions_per_clip=1, got {k}')
   repeat_table = _repeat_table(repeats)
+  motion_table = _motion_table(config, builder, split)
   table = vocab.lookup_table()
   swap = clip_ops.word_swap_table(config.flip_word_pairs)
 
@@ -364,8 +388,12 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
     rows = []
     for j in range(k):
       tokens, token_mask, _ = encode_words_tf(words[j], table, config.max_words)
-      rows.append({**_finish({key: v[j] for key, v in group.items()}, frames, targets[j],
-                             objects, frame_valid, tokens, token_mask, config), **extra})
+      row = {**_finish({key: v[j] for key, v in group.items()}, frames, targets[j],
+                       objects, frame_valid, tokens, token_mask, config), **extra}
+      if motion_table is not None:
+        row['names_motion'] = motion_table.lookup(
+            tf.strings.join([group['video'][j], group['exp_id'][j]], '/'))
+      rows.append(row)
     return {key: tf.stack([row[key] for row in rows]) for key in rows[0]}
 
   ds = ds.enumerate()  # the index seeds each window's augmentation: enumerate before skipping

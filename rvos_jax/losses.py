@@ -265,7 +265,7 @@ def velocity_loss(velocity: jax.Array, target: jax.Array, valid: jax.Array,
 
 def expected_motion_loss(expected: jax.Array, target: jax.Array, valid: jax.Array,
                          masks: jax.Array, weights: jax.Array, cell: jax.Array,
-                         scale: float) -> jax.Array:
+                         scale: float, rows: jax.Array | None = None) -> jax.Array:
   """Ours: L1 between the sentence's expected motion (outputs.expected_velocity, the x, y of
   the velocity match's query) and `scale` times the referred object's mean velocity.
 
@@ -276,6 +276,9 @@ def expected_motion_loss(expected: jax.Array, target: jax.Array, valid: jax.Arra
   expected (B, 2); target (B, T, H, W, 2) object velocities in pixels per frame; valid
   (B, T, H, W) where they are known; masks (B, T, H, W) the referred object; weights (B, T);
   cell (2,) the embedding cell in pixels (x, y). Rows without a known target pixel add 0.
+  rows (B,), optional: 1 for the rows to supervise, 0 for the others (batch['names_motion'],
+  data.motion_kinds: the sentences that name a motion; for the others the words do not say
+  which way the target moves, and the L1 to a random direction only adds noise).
   """
   chex.assert_rank([expected, target, valid, masks, weights], [2, 5, 4, 4, 2])
   m = masks * valid * weights[:, :, None, None]
@@ -283,6 +286,9 @@ def expected_motion_loss(expected: jax.Array, target: jax.Array, valid: jax.Arra
   mean = (target * m[..., None]).sum((1, 2, 3)) / jnp.maximum(n, 1.0)[:, None] / cell
   err = jnp.abs(expected - scale * mean).sum(-1)
   has = (n > 0).astype(jnp.float32)
+  if rows is not None:
+    chex.assert_shape(rows, (expected.shape[0],))
+    has = has * rows.astype(jnp.float32)
   return (err * has).sum() / jnp.maximum(has.sum(), 1.0)
 
 
@@ -374,7 +380,8 @@ def total_loss(
     h, w = outputs.velocity.shape[2:4]
     cell = jnp.asarray([e.shape[3] / w, e.shape[2] / h], jnp.float32)
     expected_motion = expected_motion_loss(outputs.expected_velocity, target, known, masks,
-                                           weights, cell, expected_motion_scale)
+                                           weights, cell, expected_motion_scale,
+                                           batch.get("names_motion"))
     total = total + expected_motion_weight * expected_motion
   parts = {
       "object": obj,

@@ -240,6 +240,40 @@ def test_kind_repeats_oversample_and_drop_kinds(tiny_root, tiny_builder, tiny_vo
         tiny_builder, tiny_vocab, process_index=0, process_count=1)
 
 
+@pytest.mark.parametrize('k', [1, 2])
+def test_motion_kinds_mark_the_rows_that_name_a_motion(tiny_root, tiny_builder, tiny_vocab, k,
+                                                      tmp_path):
+  """motion_kinds: each training row's names_motion is 1.0 exactly where its expression's kind
+  (expression_kinds.json) is listed, with one or several expressions per clip; without
+  motion_kinds the field is absent; an unknown kind or a dataset without kinds is an error
+  naming them."""
+  with open(os.path.join(tiny_root, 'meta_expressions', 'train', 'expression_kinds.json')) as f:
+    kinds = json.load(f)['videos']
+  base = dict(batch_size=2, expressions_per_clip=k, flip_prob=0.0)
+  ds = pipelines.make_train_dataset(tiny_config(tiny_root, **base, motion_kinds=('motion',)),
+                                    tiny_builder, tiny_vocab, process_index=0, process_count=1,
+                                    repeat=False)
+  seen = {0.0: 0, 1.0: 0}
+  for x in pipelines.as_numpy(ds):
+    assert x['names_motion'].dtype == np.float32 and x['names_motion'].shape == (2,)
+    for v, e, m in zip(x['video'], x['exp_id'], x['names_motion'], strict=True):
+      assert m == float(kinds[v.decode()][e.decode()] == 'motion')
+      seen[float(m)] += 1
+  assert seen[0.0] and seen[1.0]
+  plain = next(pipelines.as_numpy(pipelines.make_train_dataset(
+      tiny_config(tiny_root, **base), tiny_builder, tiny_vocab, process_index=0,
+      process_count=1, repeat=False)))
+  assert 'names_motion' not in plain
+  with pytest.raises(ValueError, match="kind.*'motoin'"):
+    pipelines.make_train_dataset(tiny_config(tiny_root, **base, motion_kinds=('motoin',)),
+                                 tiny_builder, tiny_vocab, process_index=0, process_count=1)
+  root = copy_layout(tiny_root, tmp_path / 'no_kinds')
+  os.remove(os.path.join(root, 'meta_expressions', 'train', 'expression_kinds.json'))
+  with pytest.raises(ValueError, match='expression_kinds.json'):
+    pipelines.make_train_dataset(tiny_config(root, **base, motion_kinds=('motion',)),
+                                 tiny_builder, tiny_vocab, process_index=0, process_count=1)
+
+
 def test_batch_layout(tiny_root, tiny_builder, tiny_vocab):
   ds = pipelines.make_train_dataset(tiny_config(tiny_root), tiny_builder, tiny_vocab,
                                     process_index=0, process_count=1)

@@ -614,3 +614,19 @@ def test_expected_motion_loss_by_hand_and_parity():
   ref.expected_motion_loss(tg, *[torch.tensor(a) for a in args[:5]], 3.0).backward()
   assert _rel(got, want.item()) <= LOSS_RTOL
   np.testing.assert_allclose(np.asarray(grad), tg.grad.numpy(), rtol=1e-5, atol=1e-6)
+  # rows (batch['names_motion']): a row marked 0 counts for nothing, the mean is over the
+  # others; with both rows having a target, marking the exact one 0 leaves the other's error.
+  both = masks.copy()
+  both[1, :, 2:, 2:] = 1.0  # row 1 refers to the other object: (-4, 0) cells, x3 = (-12, 0)
+  two = np.asarray([[6.0, -3.0], [-10.0, 1.0]], np.float32)  # row 1 off by 2 + 1
+  target2 = target.copy()
+  target2[1] = target[0]  # the same clip: the same objects' velocities
+  rows_args = (target2, valid, both, weights, cell, 3.0)
+  assert float(losses.expected_motion_loss(jnp.asarray(two), *rows_args)) == pytest.approx(1.5)
+  for rows, want_value in (([1.0, 0.0], 0.0), ([0.0, 1.0], 3.0), ([0.0, 0.0], 0.0)):
+    rows = np.asarray(rows, np.float32)
+    got = losses.expected_motion_loss(jnp.asarray(two), *rows_args, jnp.asarray(rows))
+    assert float(got) == pytest.approx(want_value)
+    want = ref.expected_motion_loss(torch.tensor(two), *[torch.tensor(a) for a in rows_args[:5]],
+                                    3.0, torch.tensor(rows))
+    assert float(want) == pytest.approx(want_value)

@@ -138,12 +138,14 @@ def velocity_loss(velocity, target, valid, weights):  # velocity (B, T, h, w, 2)
   return (err * m).sum() / m.sum().clamp(min=1.0)
 
 
-def expected_motion_loss(expected, target, valid, masks, weights, cell, scale):
+def expected_motion_loss(expected, target, valid, masks, weights, cell, scale, rows=None):
   m = masks * valid * weights[:, :, None, None]
   n = m.sum((1, 2, 3))
   mean = (target * m[..., None]).sum((1, 2, 3)) / n.clamp(min=1.0)[:, None] / cell
   err = (expected - scale * mean).abs().sum(-1)
   has = (n > 0).float()
+  if rows is not None:
+    has = has * rows.float()
   return (err * has).sum() / has.sum().clamp(min=1.0)
 
 
@@ -177,7 +179,7 @@ def total_loss(mask_logits, boundary_logits, object_logits, confidence, batch, *
     cell = torch.tensor([mask_logits.shape[3] / w, mask_logits.shape[2] / h])
     em = expected_motion_loss(expected_velocity, batch["object_velocity"],
                               batch["velocity_valid"].float(), batch["masks"].float(), weights,
-                              cell, expected_motion_scale)
+                              cell, expected_motion_scale, batch.get("names_motion"))
     total = total + expected_motion_weight * em
   parts = {"object": obj, "mask": dice + focal, "dice": dice, "focal": focal,
            "boundary": bdry, "confidence": conf, "text_pixel": text_pixel, "velocity": vel,
