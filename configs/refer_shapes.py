@@ -4,7 +4,7 @@ A small ResNet-18 (width x0.25, no stem max-pool) trained from scratch on 64x96 
 frames, 4 clips x 4 expressions per step; the rest of the network is the paper's, narrower
 (d=48), plus the velocity terms (rvos_jax/models/motion.py). Generates the data, trains,
 evaluates and writes overlays in 12-15 minutes on 2 CPU cores; motion J 0.68 and J&F 74.2 over
-3 seeds, against 0.45 and 76.6 for the frame-only control (docs/motion.md, "The 15-minute
+3 seeds, against 0.46 and 76.6 for the frame-only control (docs/motion.md, "The 15-minute
 default"):
 
   python main.py --config configs/refer_shapes.py --workdir workdirs/refer_shapes
