@@ -93,6 +93,24 @@ def _excluded_expressions(config, builder, split) -> list[str]:
   return [f'{v}/{e}' for v, e, _ in long]
 
 
+def _split_kinds(config, split: str, option: str, asked) -> dict[str, dict[str, str]]:
+  """{video: {exp_id: kind}} of the split (expression_kinds.json, refer_shapes), for
+  config.<option>, which names the kinds `asked`: an error naming the folder when the split has
+  no kinds file, or naming a kind no expression has."""
+  meta = layouts.meta_expressions_path(config.root, split, layouts.layout_of(config.name))
+  kinds = ytvos_layout.read_expression_kinds(meta)
+  if kinds is None:
+    raise ValueError(f'config.data.{option}={asked} needs the expression kinds of {split}, and '
+                     f'{os.path.dirname(meta)} has no {ytvos_layout.EXPRESSION_KINDS} (only '
+                     f'refer_shapes writes one)')
+  known = sorted({kind for v in kinds.values() for kind in v.values()})
+  for kind in asked:
+    if kind not in known:
+      raise ValueError(f'config.data.{option}: no {split} expression is of kind {kind!r} '
+                       f'(kinds: {known})')
+  return kinds
+
+
 def _expression_repeats(config, builder, split: str) -> dict[str, int]:
   """'video/exp_id' -> how often the expression enters one pass over the split, for those not
   entered exactly once: 0 for over-long ones dropped (config.long_expressions), and
@@ -105,17 +123,7 @@ def _expression_repeats(config, builder, split: str) -> dict[str, int]:
   kind_repeats = {kind: n for kind, n in kind_repeats.items() if n != 1}
   if not kind_repeats:  # every kind once: the plain stream (no kinds file needed)
     return repeats
-  meta = layouts.meta_expressions_path(config.root, split, layouts.layout_of(config.name))
-  kinds = ytvos_layout.read_expression_kinds(meta)
-  if kinds is None:
-    raise ValueError(f'config.data.kind_repeats={kind_repeats} needs the expression kinds of '
-                     f'{split}, and {os.path.dirname(meta)} has no '
-                     f'{ytvos_layout.EXPRESSION_KINDS} (only refer_shapes writes one)')
-  known = sorted({kind for v in kinds.values() for kind in v.values()})
-  for kind in kind_repeats:
-    if kind not in known:
-      raise ValueError(f'config.data.kind_repeats: no {split} expression is of kind {kind!r} '
-                       f'(kinds: {known})')
+  kinds = _split_kinds(config, split, 'kind_repeats', kind_repeats)
   exps = builders.expressions_of(builder, split)
   counts = dict.fromkeys(kind_repeats, 0)
   for v in sorted(exps):
@@ -135,17 +143,7 @@ def _motion_table(config, builder, split: str) -> tf.lookup.StaticHashTable | No
   motion_kinds = tuple(config.get('motion_kinds') or ())
   if not motion_kinds:
     return None
-  meta = layouts.meta_expressions_path(config.root, split, layouts.layout_of(config.name))
-  kinds = ytvos_layout.read_expression_kinds(meta)
-  if kinds is None:
-    raise ValueError(f'config.data.motion_kinds={motion_kinds} needs the expression kinds of '
-                     f'{split}, and {os.path.dirname(meta)} has no '
-                     f'{ytvos_layout.EXPRESSION_KINDS} (only refer_shapes writes one)')
-  known = sorted({kind for v in kinds.values() for kind in v.values()})
-  unknown = [kind for kind in motion_kinds if kind not in known]
-  if unknown:
-    raise ValueError(f'config.data.motion_kinds: no {split} expression is of kind(s) {unknown} '
-                     f'(kinds: {known})')
+  kinds = _split_kinds(config, split, 'motion_kinds', motion_kinds)
   keys = sorted(f'{v}/{e}' for v in kinds for e in kinds[v])
   values = [float(kinds[k.split('/', 1)[0]][k.split('/', 1)[1]] in motion_kinds) for k in keys]
   return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
