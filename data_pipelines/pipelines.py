@@ -137,17 +137,18 @@ def _expression_repeats(config, builder, split: str) -> dict[str, int]:
   return repeats
 
 
-def _motion_table(config, builder, split: str) -> tf.lookup.StaticHashTable | None:
+def _motion_table(config, split: str) -> tf.lookup.StaticHashTable | None:
   """'video/exp_id' -> 1.0 where the expression's kind (expression_kinds.json) is one of
   config.motion_kinds, else 0.0; None without motion_kinds."""
   motion_kinds = tuple(config.get('motion_kinds') or ())
   if not motion_kinds:
     return None
   kinds = _split_kinds(config, split, 'motion_kinds', motion_kinds)
-  keys = sorted(f'{v}/{e}' for v in kinds for e in kinds[v])
-  values = [float(kinds[k.split('/', 1)[0]][k.split('/', 1)[1]] in motion_kinds) for k in keys]
+  pairs = sorted((v, e) for v in kinds for e in kinds[v])
   return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-      tf.constant(keys), tf.constant(values, tf.float32)), default_value=0.0)
+      tf.constant([f'{v}/{e}' for v, e in pairs]),
+      tf.constant([float(kinds[v][e] in motion_kinds) for v, e in pairs], tf.float32)),
+      default_value=0.0)
 
 
 def _repeat_table(repeats: dict[str, int]) -> tf.lookup.StaticHashTable | None:
@@ -341,7 +342,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, builder, vocab: Vocabu
   if k > 1 and any(n > 1 for n in repeats.values()):
     raise ValueError(f'config.data.kind_repeats needs expressions_per_clip=1, got {k}')
   repeat_table = _repeat_table(repeats)
-  motion_table = _motion_table(config, builder, split)
+  motion_table = _motion_table(config, split)
   table = vocab.lookup_table()
   swap = clip_ops.word_swap_table(config.flip_word_pairs)
 
