@@ -52,9 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Ours: the video text-to-pixel map also matches the sentence's expected motion with that
   # velocity (rvos_jax/models/alignment.py); needs velocity_head and text_pixel_head.
   model.velocity_match = False
-  # Ours: loss.expected_motion_weight's gradient stops at the word embeddings (shared by the
-  # three levels): it trains the video language encoder and the velocity query only.
-  model.expected_motion_detach_words = False
+  # Ours: where loss.expected_motion_weight's gradient stops: 'none', 'words' (not into the
+  # word embeddings the three levels share) or 'sentence' (the velocity query's map only).
+  model.expected_motion_stop_gradient = 'none'
+  # Ours: the velocity query reads 'video' (the video language encoder's words) or 'own' (its
+  # own bag of word embeddings, read by nothing else).
+  model.velocity_query_words = 'video'
   model.alignment = 'dsa'  # 'dsa' | 'none'
   # Each of the three language Transformers (§3.2; depth and heads are not in the paper).
   model.text_layers = 2

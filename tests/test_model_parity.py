@@ -237,26 +237,80 @@ def test_paper_model_full_size():
   run_parity(PAPER, inputs)
 
 
-def test_expected_motion_detach_words_small():
-  """expected_motion_detach_words: the same expected motion (the same weights read twice), but
-  its gradient stops at the shared word embeddings while still reaching the video language
-  encoder and the query; without the switch it reaches the embeddings too."""
+@pytest.mark.parametrize('stop', ['words', 'sentence'])
+def test_expected_motion_stop_gradient_small(stop):
+  """expected_motion_stop_gradient: the same expected motion (the same weights read twice),
+  but its gradient stops below the query: 'words' at the shared word embeddings (it still
+  reaches the video language encoder), 'sentence' at the sentence features (it reaches the
+  query's map alone). With 'none' it reaches the embeddings too."""
   switches = dict(video_motion='rgb_diff', velocity_head=True, velocity_match=True,
                   text_pixel_head=True, text_pixel_to_decoder=True)
   inputs = small_inputs()
   args = (inputs['frames'], inputs['tokens'], inputs['token_mask'])
   _, plain = build_pair(SMALL, **switches)
   variables = plain.init(jax.random.key(0), *args)
-  detached = plain.clone(expected_motion_detach_words=True)
+  stopped = plain.clone(expected_motion_stop_gradient=stop)
   grads = {}
-  for name, model in (('plain', plain), ('detached', detached)):
+  for name, model in (('plain', plain), ('stopped', stopped)):
     def expected(params, model=model):
       return model.apply({**variables, 'params': params}, *args).expected_velocity.sum()
     grads[name] = jax.grad(expected)(variables['params'])
-  out_p, out_d = (m.apply(variables, *args).expected_velocity for m in (plain, detached))
-  np.testing.assert_allclose(np.asarray(out_p), np.asarray(out_d), rtol=1e-6, atol=1e-6)
+  out_p, out_s = (m.apply(variables, *args).expected_velocity for m in (plain, stopped))
+  np.testing.assert_allclose(np.asarray(out_p), np.asarray(out_s), rtol=1e-6, atol=1e-6)
   norm = lambda tree: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(tree)))
   assert norm(grads['plain']['word_embedding']) > 0
-  assert norm(grads['detached']['word_embedding']) == 0
-  for key in ('video_language', 'video_text_pixel'):
-    assert norm(grads['detached'][key]) > 0, key
+  assert norm(grads['plain']['video_language']) > 0
+  assert norm(grads['stopped']['word_embedding']) == 0
+  assert (norm(grads['stopped']['video_language']) > 0) == (stop == 'words')
+  query = grads['stopped']['video_text_pixel']['velocity_query']
+  assert norm(query) > 0
+  # Below the query nothing of the text-to-pixel head (its sentence/pixel maps) is reached.
+  others = {k: v for k, v in grads['stopped']['video_text_pixel'].items() if k != 'velocity_query'}
+  assert norm(others) == 0
+
+
+def test_expected_motion_stop_gradient_checked():
+  with pytest.raises(ValueError, match="expected_motion_stop_gradient must be"):
+    _, model = build_pair(SMALL, video_motion='rgb_diff', velocity_head=True,
+                          velocity_match=True, text_pixel_head=True)
+    model = model.clone(expected_motion_stop_gradient='all')
+    inputs = small_inputs()
+    model.init(jax.random.key(0), inputs['frames'], inputs['tokens'], inputs['token_mask'])
+
+
+def test_velocity_query_own_words_small():
+  """velocity_query_words='own': the query is Dense(mean of its own word embeddings) (checked
+  by hand from the parameters), the expected motion's gradient reaches those two and nothing
+  else, and the velocity match still moves the video level's text-to-pixel logits."""
+  switches = dict(video_motion='rgb_diff', velocity_head=True, velocity_match=True,
+                  text_pixel_head=True, text_pixel_to_decoder=True)
+  inputs = small_inputs()
+  args = (inputs['frames'], inputs['tokens'], inputs['token_mask'])
+  _, plain = build_pair(SMALL, **switches)
+  own = plain.clone(velocity_query_words='own')
+  variables = own.init(jax.random.key(0), *args)
+  params = variables['params']
+  out = own.apply(variables, *args)
+  table = np.asarray(params['velocity_query_embedding']['embedding'])
+  mask = np.asarray(inputs['token_mask'], np.float32)[..., None]
+  bag = (table[np.asarray(inputs['tokens'])] * mask).sum(1) / np.maximum(mask.sum(1), 1)
+  dense = params['video_text_pixel']['velocity_query']
+  by_hand = bag @ np.asarray(dense['kernel']) + np.asarray(dense['bias'])
+  np.testing.assert_allclose(np.asarray(out.expected_velocity), by_hand[:, :2], rtol=1e-5,
+                             atol=1e-6)
+
+  def expected(p):
+    return own.apply({**variables, 'params': p}, *args).expected_velocity.sum()
+  grads = jax.grad(expected)(params)
+  norm = lambda tree: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(tree)))
+  reached = {k for k, v in grads.items() if norm(v) > 0}
+  assert reached == {'velocity_query_embedding', 'video_text_pixel'}, reached
+  assert set(k for k, v in grads['video_text_pixel'].items() if norm(v) > 0) == {'velocity_query'}
+  # The query enters the logits: another query table changes them.
+  moved = jax.tree.map(lambda x: x, params)
+  moved['velocity_query_embedding'] = {'embedding': params['velocity_query_embedding'][
+      'embedding'] * 3.0}
+  out_moved = own.apply({**variables, 'params': moved}, *args)
+  assert not np.allclose(np.asarray(out.text_pixel_logits[0]), np.asarray(out_moved.text_pixel_logits[0]))
+  with pytest.raises(ValueError, match="must stay 'none'"):
+    own.clone(expected_motion_stop_gradient='words').init(jax.random.key(0), *args)

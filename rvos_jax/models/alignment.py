@@ -81,12 +81,14 @@ class TextPixelHead(nn.Module):
   @nn.compact
   def __call__(self, p: jax.Array, s: jax.Array, word_mask: jax.Array,
                velocity: jax.Array | None = None, with_query: bool = False,
-               query_s: jax.Array | None = None):
+               query_s: jax.Array | None = None, query_words: jax.Array | None = None):
     """velocity (B, T, h, w, 2), optional (ours, model.velocity_match): adds
     <Linear(mean_n S), [v_x, v_y, |v|]> per location, the sentence's expected motion against
     the velocity the video level reads at each cell (motion.py, "Velocity match").
     with_query (needs velocity): returns (logits, that expected motion (B, 3)), read from
-    query_s (B, N, d) instead of s when given (the same weights)."""
+    query_s (B, N, d) instead of s when given (the same weights). query_words (B, N, d'),
+    optional: the query reads these word features instead of s, in the logits and the
+    returned query alike (model.velocity_query_words='own')."""
     chex.assert_rank([p, s, word_mask], [5, 3, 2])
     d = p.shape[-1]
     words = mean_of_words(s, word_mask)
@@ -100,7 +102,12 @@ class TextPixelHead(nn.Module):
       speed = jnp.sqrt(jnp.sum(velocity * velocity, -1, keepdims=True) + 1e-6)
       motion = jnp.concatenate([velocity, speed], -1)
       dense = nn.Dense(3, name='velocity_query')
-      query = dense(words)
+      if query_words is not None:
+        if query_s is not None:
+          raise ValueError('TextPixelHead: query_words and query_s are exclusive')
+        query = dense(mean_of_words(query_words, word_mask))
+      else:
+        query = dense(words)
       logits += jnp.einsum('bthwc,bc->bthw', motion, query)
       if query_s is not None:
         query = dense(mean_of_words(query_s, word_mask))

@@ -71,8 +71,15 @@ class MLRLSA(nn.Module):
     velocity_match: ours: the video level's text-to-pixel map also scores the sentence's
       expected motion against that velocity (alignment.TextPixelHead; needs velocity_head and
       text_pixel_head).
-    expected_motion_detach_words: ours: outputs.expected_velocity (the velocity match's query,
-      for loss.expected_motion_weight) is read without the shared word embeddings' gradient.
+    expected_motion_stop_gradient: ours: where loss.expected_motion_weight's gradient stops on
+      its way from outputs.expected_velocity (the velocity match's query) into the text side:
+      'none' (everything below it), 'words' (not into the word embeddings the three levels
+      share: the video language encoder and the query) or 'sentence' (the query's linear map
+      only; the sentence features it reads are shaped by the other losses alone).
+    velocity_query_words: ours: what the velocity match's query reads: 'video' (the mean of the
+      video language encoder's word features) or 'own' (the mean of its own word embeddings, a
+      bag of words that no other part reads, so neither the velocity match nor
+      loss.expected_motion_weight moves the features the three levels align with).
     alignment: 'dsa' (the paper's dynamic semantic alignment) or 'none' (Table 3 ablation).
     text_layers / text_heads / text_ffn_dim / text_dropout: each language Transformer.
     compute_dtype: 'float32', 'bfloat16' or 'float16': read by rvos_jax.precision.apply, which
@@ -104,7 +111,8 @@ class MLRLSA(nn.Module):
   video_motion: str = 'none'
   velocity_head: bool = False
   velocity_match: bool = False
-  expected_motion_detach_words: bool = False
+  expected_motion_stop_gradient: str = 'none'
+  velocity_query_words: str = 'video'
   alignment: str = 'dsa'
   text_layers: int = 2
   text_heads: int = 8
@@ -171,6 +179,15 @@ class MLRLSA(nn.Module):
     text_pixel = []
     object_logits = velocity = expected_velocity = None
     check_motion(self.video_motion)
+    if self.expected_motion_stop_gradient not in ('none', 'words', 'sentence'):
+      raise ValueError("model.expected_motion_stop_gradient must be 'none', 'words' or "
+                       f"'sentence', got {self.expected_motion_stop_gradient!r}")
+    if self.velocity_query_words not in ('video', 'own'):
+      raise ValueError("model.velocity_query_words must be 'video' or 'own', got "
+                       f"{self.velocity_query_words!r}")
+    if self.velocity_query_words == 'own' and self.expected_motion_stop_gradient != 'none':
+      raise ValueError("model.velocity_query_words='own' reads no shared feature: "
+                       "model.expected_motion_stop_gradient must stay 'none'")
     if self.velocity_head and not self.use_video_level:
       raise ValueError('model.velocity_head reads the video level: it needs use_video_level')
     if self.velocity_match and not (self.velocity_head and self.text_pixel_head):
@@ -189,14 +206,20 @@ class MLRLSA(nn.Module):
       s_video = video_language(words, token_mask, train)
       levels.append(self._align('video_alignment', '3d')(p_video, s_video, token_mask))
       if self.text_pixel_head and self.velocity_match:
-        # The expected motion returned for loss.expected_motion_weight; with
-        # expected_motion_detach_words it is read from the word embeddings without their
-        # gradient (they are shared by the three levels), so that loss trains the video
-        # language encoder and the query only.
+        # The expected motion returned for loss.expected_motion_weight, read with the same
+        # weights from inputs whose gradient stops where expected_motion_stop_gradient says:
+        # 'words' spares the word embeddings the three levels share, 'sentence' everything
+        # but the query's linear map.
+        # With velocity_query_words='own' the query reads its own bag of words instead.
+        stop = self.expected_motion_stop_gradient
         query_s = (video_language(jax.lax.stop_gradient(words), token_mask, train)
-                   if self.expected_motion_detach_words else None)
+                   if stop == 'words' else
+                   jax.lax.stop_gradient(s_video) if stop == 'sentence' else None)
+        query_words = (nn.Embed(self.vocab_size, d, name='velocity_query_embedding')(tokens)
+                       if self.velocity_query_words == 'own' else None)
         logits, query = TextPixelHead(name='video_text_pixel')(
-            p_video, s_video, token_mask, velocity, with_query=True, query_s=query_s)
+            p_video, s_video, token_mask, velocity, with_query=True, query_s=query_s,
+            query_words=query_words)
         text_pixel.append(logits)
         expected_velocity = query[:, :2]
       elif self.text_pixel_head:
@@ -283,7 +306,11 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int) -> MLR
       video_motion=c.get('video_motion', 'none'),
       velocity_head=c.get('velocity_head', False),
       velocity_match=c.get('velocity_match', False),
-      expected_motion_detach_words=c.get('expected_motion_detach_words', False),
+      # A config saved while this was the bool expected_motion_detach_words means 'words'.
+      expected_motion_stop_gradient=c.get(
+          'expected_motion_stop_gradient',
+          'words' if c.get('expected_motion_detach_words', False) else 'none'),
+      velocity_query_words=c.get('velocity_query_words', 'video'),
       alignment=c.alignment,
       text_layers=c.text_layers,
       text_heads=c.text_heads,
