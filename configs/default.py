@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
   # base uses the reverse (backbone lower), and so do we. Swap the two to follow the text.
   optim.backbone_learning_rate = 1e-5
   optim.learning_rate = 1e-4
+  # Ours: the velocity query's parameters (model.velocity_query_words='own': its word
+  # embeddings and linear map) learn at this multiple of learning_rate; 1 = no third group.
+  optim.velocity_query_lr_multiplier = 1.0
   optim.weight_decay = 1e-4  # not on biases and normalisation scales
   optim.b1, optim.b2 = 0.9, 0.999
   # Adam's epsilon (optax's and PyTorch's default). A parameter whose exact gradient is 0 (a conv

@@ -61,13 +61,35 @@ def learning_rate_schedule(base: float, config: ml_collections.ConfigDict) -> op
   return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), decay], [warmup])
 
 
-def parameter_group(path: tuple[str, ...]) -> str:
-  return 'backbone' if path[0] == BACKBONE else 'rest'
+# The velocity match's query (ours; model.velocity_query_words): its own word embeddings and
+# its linear map, the parameters optim.velocity_query_lr_multiplier speeds up.
+VELOCITY_QUERY = (('velocity_query_embedding',), ('video_text_pixel', 'velocity_query'))
+
+
+def parameter_group(path: tuple[str, ...], velocity_query_group: bool = False) -> str:
+  if path[0] == BACKBONE:
+    return 'backbone'
+  if velocity_query_group and any(path[:len(p)] == p for p in VELOCITY_QUERY):
+    return 'velocity_query'
+  return 'rest'
+
+
+def learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Base learning rate of each parameter group. 'velocity_query' exists only when
+  optim.velocity_query_lr_multiplier != 1, so that the optimizer state (and the checkpoints)
+  of every other config keep their two groups."""
+  o = config.optim
+  rates = {'backbone': o.backbone_learning_rate, 'rest': o.learning_rate}
+  multiplier = o.get('velocity_query_lr_multiplier', 1.0)
+  if multiplier != 1.0:
+    rates['velocity_query'] = multiplier * o.learning_rate
+  return rates
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with one learning rate for the backbone and one for the rest (DESIGN.md: backbone
-  1e-5, rest 1e-4 by default), global-norm gradient clipping, no weight decay on biases and
+  1e-5, rest 1e-4 by default; ours: optionally a third for the velocity query,
+  `learning_rates`), global-norm gradient clipping, no weight decay on biases and
   normalisation scales."""
   o = config.optim
 
@@ -76,10 +98,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                        eps=o.get('eps', 1e-8), weight_decay=o.weight_decay,
                        mask=lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
 
+  rates = learning_rates(config)
   labels = lambda params: flax.traverse_util.path_aware_map(
-      lambda path, _: parameter_group(path), params)
-  tx = optax.multi_transform(
-      {'backbone': adamw(o.backbone_learning_rate), 'rest': adamw(o.learning_rate)}, labels)
+      lambda path, _: parameter_group(path, 'velocity_query' in rates), params)
+  tx = optax.multi_transform({group: adamw(lr) for group, lr in rates.items()}, labels)
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx
@@ -173,8 +195,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: mlrl
   metrics = {f'loss/{k}': v for k, v in parts.items()}
   metrics['grad_norm'] = optax.tree.norm(grads)
   metrics['param_norm'] = optax.tree.norm(params)
-  for group, base in (('backbone', config.optim.backbone_learning_rate),
-                      ('rest', config.optim.learning_rate)):
+  for group, base in learning_rates(config).items():
     metrics[f'lr/{group}'] = learning_rate_schedule(base, config)(state.step)
   return new_state, metrics
 

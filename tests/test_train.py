@@ -84,6 +84,36 @@ def test_two_learning_rates_and_decay_mask(setup):
   assert train.parameter_group(('reduce', 'kernel')) == 'rest'
 
 
+def test_velocity_query_learning_rate_group(setup):
+  """optim.velocity_query_lr_multiplier: the velocity query's word embeddings and linear map
+  move at that multiple of learning_rate, the rest of the text-to-pixel head at learning_rate;
+  at 1 the optimizer keeps its two groups (the checkpoints of other configs stay loadable)."""
+  config = setup[0].copy_and_resolve_references()
+  ones = lambda *shape: jnp.ones(shape, jnp.float32)
+  params = {'backbone': {'conv1': {'kernel': ones(3, 3, 3, 4)}},
+            'reduce': {'kernel': ones(4, 4)},
+            'velocity_query_embedding': {'embedding': ones(7, 4)},
+            'video_text_pixel': {'velocity_query': {'kernel': ones(4, 3), 'bias': ones(3)},
+                                 'pixels': {'kernel': ones(4, 4)}}}
+  assert set(train.learning_rates(config)) == {'backbone', 'rest'}
+  assert set(train.make_optimizer(config).init(params)[1].inner_states) == {'backbone', 'rest'}
+  config.optim.velocity_query_lr_multiplier = 10.0
+  assert train.learning_rates(config)['velocity_query'] == 10.0 * config.optim.learning_rate
+  tx = train.make_optimizer(config)
+  opt_state = tx.init(params)
+  for _ in range(3):  # past the 2 warmup steps
+    updates, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
+  mean = lambda x: float(np.abs(np.asarray(x)).mean())
+  rest = mean(updates['reduce']['kernel'])
+  assert mean(updates['video_text_pixel']['pixels']['kernel']) == pytest.approx(rest, rel=1e-6)
+  for x in (updates['velocity_query_embedding']['embedding'],
+            updates['video_text_pixel']['velocity_query']['kernel']):
+    assert mean(x) / rest == pytest.approx(10.0, rel=0.05)
+  assert train.parameter_group(('video_text_pixel', 'velocity_query', 'kernel')) == 'rest'
+  assert train.parameter_group(('video_text_pixel', 'velocity_query', 'kernel'),
+                               True) == 'velocity_query'
+
+
 def test_train_step_fits_a_batch(setup):
   config, model, tx, mesh, state0 = setup
   batch = sharding.global_batch(make_batch(config), mesh)
