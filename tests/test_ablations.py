@@ -288,7 +288,7 @@ def test_refer_shapes_long_differs_from_the_default_only_in_steps():
     refer_shapes.get_config('longer')
   # The default: the previous one with 4 similar expressions per clip of 4 frames, 2000 steps,
   # the velocity terms (all four of them: the loss needs the data) and the expected-motion loss
-  # on the motion expressions.
+  # on the motion expressions, read from the query's own words at 10x the learning rate.
   previous = refer_shapes.get_config('previous').to_dict()
   default = refer_shapes.get_config().to_dict()
   velocity = {('model', 'velocity_head'): True, ('model', 'velocity_match'): True,
@@ -296,7 +296,9 @@ def test_refer_shapes_long_differs_from_the_default_only_in_steps():
   changed = {**velocity, ('data', 'expressions_per_clip'): 4, ('data', 'num_frames'): 4,
              ('data', 'expression_pairing'): 'similar', ('train', 'num_steps'): 2000,
              ('train', 'checkpoint_every'): 500, ('loss', 'expected_motion_weight'): 0.25,
-             ('loss', 'expected_motion_scale'): 8.0, ('data', 'motion_kinds'): ('motion',)}
+             ('loss', 'expected_motion_scale'): 8.0, ('data', 'motion_kinds'): ('motion',),
+             ('model', 'velocity_query_words'): 'own',
+             ('optim', 'velocity_query_lr_multiplier'): 10.0}
   for (section, key), value in changed.items():
     assert default[section].pop(key) == value != previous[section].pop(key), key
   assert default == previous
