@@ -73,9 +73,9 @@ class MLRLSA(nn.Module):
       text_pixel_head).
     expected_motion_stop_gradient: ours: where loss.expected_motion_weight's gradient stops on
       its way from outputs.expected_velocity (the velocity match's query) into the text side:
-      'none' (everything below it), 'words' (not into the word embeddings the three levels
-      share: the video language encoder and the query) or 'sentence' (the query's linear map
-      only; the sentence features it reads are shaped by the other losses alone).
+      'none' (everything below it), 'words' (the video language encoder and the query, not the
+      word embeddings the three levels share) or 'sentence' (the query's linear map only; the
+      sentence features it reads are shaped by the other losses alone).
     velocity_query_words: ours: what the velocity match's query reads: 'video' (the mean of the
       video language encoder's word features) or 'own' (the mean of its own word embeddings, a
       bag of words that no other part reads, so neither the velocity match nor
