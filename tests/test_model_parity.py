@@ -311,6 +311,7 @@ def test_velocity_query_own_words_small():
   moved['velocity_query_embedding'] = {'embedding': params['velocity_query_embedding'][
       'embedding'] * 3.0}
   out_moved = own.apply({**variables, 'params': moved}, *args)
-  assert not np.allclose(np.asarray(out.text_pixel_logits[0]), np.asarray(out_moved.text_pixel_logits[0]))
+  assert not np.allclose(np.asarray(out.text_pixel_logits[0]),
+                         np.asarray(out_moved.text_pixel_logits[0]))
   with pytest.raises(ValueError, match="must stay 'none'"):
     own.clone(expected_motion_stop_gradient='words').init(jax.random.key(0), *args)
